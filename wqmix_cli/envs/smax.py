@@ -1,0 +1,145 @@
+"""SMAX (jaxmarl's JAX StarCraft-like battles) as a batch of E envs stepped in one jitted call.
+
+The allies are the learning agents; the enemies follow jaxmarl's heuristic policy
+(``HeuristicEnemySMAX``). Episodes stay whole: the step is jaxmarl's ``step_env`` (no
+auto-reset), and an env that is inactive or whose battle is over keeps its final state.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+
+from wqmix_cli.config import SMAXConfig
+from wqmix_cli.envs.base import BatchStep, EnvInfo, Observation
+
+with contextlib.redirect_stdout(io.StringIO()):  # `import jaxmarl` prints a banner
+    import jax
+    import jax.numpy as jnp
+    from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO
+
+
+def known_maps() -> list[str]:
+    """The map names jaxmarl's ``map_name_to_scenario`` accepts, sorted."""
+    return sorted(MAP_NAME_TO_SCENARIO)
+
+
+def _strong_types(tree):
+    """Drop JAX weak types (Python ints in the reset state), so the step compiles once."""
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), tree)
+
+
+class SMAXVectorEnv:
+    """E SMAX battles of one map, reset and stepped together by ``jax.jit(jax.vmap(...))``.
+
+    ``reset(seed)`` gives env e the PRNG key ``PRNGKey(seed + e)``; each env then splits its
+    own key every step it is active, so its battle depends only on its seed and its actions.
+
+    Arrays handed back (numpy copies): obs ``[E, N, O]`` float32, state ``[E, S]`` float32
+    (``obs["world_state"]``), avail ``[E, N, A]`` bool, reward ``[E]`` float32,
+    terminated/truncated ``[E]`` bool, ``info["battle_won"]`` ``[E]`` float32.
+
+    Team reward: agent 0's reward (jaxmarl gives every ally the same team reward: enemy
+    health removed this step, normalised, plus 1.0 for a win). ``terminated``: the battle
+    ended by elimination (one side, or both, all dead). ``truncated``: jaxmarl ended it at
+    its step limit (``state.step >= max_steps``, 100) with both sides still standing.
+    ``battle_won``: every enemy dead and at least one ally alive (jaxmarl's own win rule; a
+    mutual wipe-out is a draw, as in SMAC). Dead allies see zeros and may only stop
+    (action 4).
+    """
+
+    def __init__(self, cfg: SMAXConfig) -> None:
+        if cfg.map_name not in MAP_NAME_TO_SCENARIO:
+            raise ValueError(
+                f"unknown SMAX map {cfg.map_name!r}; known maps: {', '.join(known_maps())}"
+            )
+        self.n_envs = cfg.n_envs
+        self._env = HeuristicEnemySMAX(scenario=map_name_to_scenario(cfg.map_name))
+        self._agents = list(self._env.agents)
+        self._n_allies = self._env.num_allies
+        self._info = EnvInfo(
+            n_agents=self._n_allies,
+            obs_dim=int(self._env.obs_size),
+            state_dim=int(self._env.state_size),
+            n_actions=int(self._env.num_ally_actions),
+            episode_limit=int(self._env.max_steps),
+        )
+        self._reset_fn = jax.jit(jax.vmap(self._reset_one))
+        self._step_fn = jax.jit(jax.vmap(self._step_one))
+        self._keys = None
+        self._state = None
+
+    def info(self) -> EnvInfo:
+        return self._info
+
+    def _view(self, state):
+        """One env's (obs [N, O], world state [S], avail [N, A] bool) from its state."""
+        obs = self._env.get_obs(state)
+        avail = self._env.get_avail_actions(state)
+        return (
+            jnp.stack([obs[a] for a in self._agents]).astype(jnp.float32),
+            self._env.get_world_state(state).astype(jnp.float32),
+            jnp.stack([avail[a] for a in self._agents]).astype(bool),
+        )
+
+    def _reset_one(self, key):
+        key, reset_key = jax.random.split(key)
+        _, state = self._env.reset(reset_key)
+        state = _strong_types(state)
+        return key, state, self._view(state)
+
+    def _step_one(self, key, state, actions, active):
+        # A battle that is over never moves again, even if the caller still marks it active.
+        active = active & ~state.state.done
+        next_key, step_key = jax.random.split(key)
+        _, new_state, rewards, _, _ = self._env.step_env(
+            step_key, state, {a: actions[i] for i, a in enumerate(self._agents)}
+        )
+        state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
+        key = jnp.where(active, next_key, key)
+        reward = jnp.where(active, rewards[self._agents[0]], 0.0).astype(jnp.float32)
+
+        alive = state.state.unit_alive
+        allies_dead = ~jnp.any(alive[: self._n_allies])
+        enemies_dead = ~jnp.any(alive[self._n_allies :])
+        eliminated = allies_dead | enemies_dead
+        done = state.state.done
+        won = (enemies_dead & ~allies_dead).astype(jnp.float32)
+        return key, state, self._view(state), reward, done & eliminated, done & ~eliminated, won
+
+    def reset(self, seed: int) -> Observation:
+        """Reset all E envs (env e seeded with ``seed + e``); arrays ``[E, N, O]``, ``[E, S]``, ``[E, N, A]``."""
+        seeds = (int(seed) + np.arange(self.n_envs, dtype=np.int64)) % 2**32
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, dtype=jnp.uint32))
+        self._keys, self._state, view = self._reset_fn(keys)
+        obs, state, avail = jax.device_get(view)
+        return Observation(obs=np.array(obs), state=np.array(state), avail=np.array(avail))
+
+    def step(self, actions: np.ndarray, active: np.ndarray) -> BatchStep:
+        """Step the active envs with ``actions [E, N]`` (ints); ``active [E]`` bool.
+
+        Inactive envs (and envs whose battle is over) keep their state, report the same
+        observation and end flags as before, and reward 0.
+        """
+        if self._state is None:
+            raise RuntimeError("SMAXVectorEnv.step called before reset")
+        actions = jnp.asarray(np.asarray(actions, dtype=np.int32).reshape(self.n_envs, self._n_allies))
+        active = jnp.asarray(np.asarray(active, dtype=bool).reshape(self.n_envs))
+        self._keys, self._state, view, reward, terminated, truncated, won = self._step_fn(
+            self._keys, self._state, actions, active
+        )
+        (obs, state, avail), reward, terminated, truncated, won = jax.device_get(
+            (view, reward, terminated, truncated, won)
+        )
+        return BatchStep(
+            observation=Observation(obs=np.array(obs), state=np.array(state), avail=np.array(avail)),
+            reward=np.array(reward),
+            terminated=np.array(terminated),
+            truncated=np.array(truncated),
+            info={"battle_won": np.array(won)},
+        )
+
+    def close(self) -> None:
+        """Nothing to release: the battles live in JAX arrays."""

@@ -1,0 +1,48 @@
+"""TensorBoard scalars, a console progress bar, and ``train.log`` lines."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+log = logging.getLogger("wqmix")
+
+
+class RunLogger:
+    """Writes scalars against environment steps.
+
+    ``start_step`` > 0 (a resumed run) purges events at or after it from earlier files,
+    so a resumed curve has neither repeated nor missing steps.
+    """
+
+    def __init__(self, run_dir: Path, t_max: int, start_step: int = 0, progress: bool | None = None) -> None:
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        self.bar = tqdm(
+            total=t_max, initial=start_step, unit="step", unit_scale=True, dynamic_ncols=True,
+            disable=None if progress is None else not progress,
+        )
+        self._last_t, self._last_time = start_step, time.perf_counter()
+
+    def scalars(self, values: dict[str, float], t_env: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, t_env)
+
+    def progress(self, t_env: int, **shown: float) -> None:
+        """Advance the bar to ``t_env``; ``shown`` goes in its postfix."""
+        self.bar.update(t_env - self.bar.n)
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+
+    def steps_per_second(self, t_env: int) -> float:
+        """Env steps per second since the last call."""
+        now = time.perf_counter()
+        rate = (t_env - self._last_t) / max(now - self._last_time, 1e-9)
+        self._last_t, self._last_time = t_env, now
+        return rate
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.flush()
+        self.writer.close()

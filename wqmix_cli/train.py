@@ -1,0 +1,194 @@
+"""The training loop: collect -> store -> update -> evaluate -> checkpoint -> log."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wqmix_cli.actor import Actor, epsilon_at
+from wqmix_cli.buffer import EpisodeBuffer
+from wqmix_cli.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from wqmix_cli.config import Config, ConfigError
+from wqmix_cli.envs import make_vector_env
+from wqmix_cli.evaluate import run_greedy, summarise
+from wqmix_cli.learner import WQMIXLearner
+from wqmix_cli.logger import RunLogger
+from wqmix_cli.policy import WQMIXPolicy
+from wqmix_cli.runner import EpisodeRunner
+
+log = logging.getLogger("wqmix")
+TEST_SEED_OFFSET = 1 << 30
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@dataclass
+class Counters:
+    t_env: int = 0
+    episodes: int = 0
+    last_test: int | None = None
+    last_log: int = 0
+    last_save: int = 0
+    update_credit: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; allowed here: cpu, auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignal":
+        for sig in EXIT_SIGNAL:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: Config, run_dir: Path) -> int:
+    """Train one run in ``run_dir``; returns the process exit code."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    env = make_vector_env(cfg.env)
+    info = env.info()
+    policy = WQMIXPolicy(info, cfg.learner, central=cfg.agent.name != "qmix").to(device)
+    learner = WQMIXLearner(policy, cfg.learner, cfg.agent.name, cfg.agent.w, device)
+    buffer = EpisodeBuffer(info, cfg.learner.buffer_size, seed=cfg.seed)
+    actor = Actor(policy, device, seed=cfg.seed)
+    runner = EpisodeRunner(env, actor)
+    counters = Counters()
+
+    if cfg.resume:
+        counters = resume(Path(cfg.resume), cfg, policy, learner, buffer, actor)
+        log.info("resumed from t_env=%d", counters.t_env)
+    logger = RunLogger(run_dir, cfg.t_max, counters.t_env)
+    log.info("env %s: %s; agent %s on %s", cfg.env.name, info, cfg.agent.name, device)
+
+    def checkpoint() -> None:
+        state = {
+            "policy": policy.state_dict(),
+            "learner": learner.state_dict(),
+            "counters": dataclasses.asdict(counters),
+            "rng": rng_state(),
+            "actor_rng": actor.generator.get_state(),
+            "env_info": dataclasses.asdict(info),
+            "config": dataclasses.asdict(cfg),
+        }
+        buf = buffer.state_dict() if cfg.checkpoint.save_buffer else None
+        save_checkpoint(run_dir / "checkpoints", counters.t_env, state, buf, cfg.checkpoint.keep)
+        counters.last_save = counters.t_env
+
+    returns: list[float] = []
+    stats: dict[str, float] = {}
+    code = 0
+    try:
+        with StopSignal() as stop:
+            while counters.t_env < cfg.t_max and stop.received is None:
+                epsilon = epsilon_at(cfg.epsilon, counters.t_env)
+                episodes = runner.run(epsilon, seed=cfg.seed * 1_000_003 + counters.episodes)
+                buffer.add(episodes.batch, episodes.lengths)
+                counters.t_env += episodes.steps
+                counters.episodes += env.n_envs
+                returns.extend(episodes.returns.tolist())
+
+                if buffer.can_sample(cfg.learner.batch_size):
+                    counters.update_credit += env.n_envs * cfg.learner.updates_per_episode
+                    while counters.update_credit >= 1:
+                        stats = learner.update(buffer.sample(cfg.learner.batch_size))
+                        counters.update_credit -= 1
+
+                if counters.last_test is None or counters.t_env - counters.last_test >= cfg.test_interval:
+                    counters.last_test = counters.t_env
+                    if cfg.test_episodes:
+                        results = run_greedy(runner, cfg.test_episodes, TEST_SEED_OFFSET + counters.t_env)
+                        logger.scalars(summarise(results, "test"), counters.t_env)
+                        log.info("t_env=%d test return %.3f", counters.t_env, results["returns"].mean())
+                if counters.t_env - counters.last_log >= cfg.log_interval:
+                    counters.last_log = counters.t_env
+                    logger.scalars(
+                        {"train/return_mean": float(np.mean(returns)), "train/epsilon": epsilon,
+                         "perf/env_steps_per_s": logger.steps_per_second(counters.t_env), **stats},
+                        counters.t_env,
+                    )
+                    returns.clear()
+                logger.progress(counters.t_env, ret=float(np.mean(episodes.returns)), eps=epsilon)
+                if counters.t_env - counters.last_save >= cfg.save_interval:
+                    checkpoint()
+            checkpoint()
+            if stop.received is not None:
+                log.warning("stopped by signal %d at t_env=%d; checkpoint saved", stop.received, counters.t_env)
+                code = EXIT_SIGNAL[stop.received]
+    except FloatingPointError as err:
+        last = latest_checkpoint(run_dir / "checkpoints")
+        log.error("%s (t_env=%d); the last good checkpoint is %s", err, counters.t_env, last)
+        raise
+    except CheckpointError as err:
+        log.error("%s", err)
+        raise
+    finally:
+        logger.close()
+        env.close()
+    return code
+
+
+def resume(
+    path: Path, cfg: Config, policy: WQMIXPolicy, learner: WQMIXLearner, buffer: EpisodeBuffer, actor: Actor
+) -> Counters:
+    """Load the newest complete checkpoint of run ``path`` into the live objects."""
+    folder = latest_checkpoint(path)
+    if folder is None:
+        raise ConfigError(f"resume={path}: no complete checkpoint found there (expected RUN_DIR/checkpoints/<t_env>)")
+    state, buf = load_checkpoint(folder, with_buffer=cfg.checkpoint.save_buffer)
+    if state["env_info"] != dataclasses.asdict(policy.info):
+        raise ConfigError(
+            f"resume={path}: the checkpoint was made for env sizes {state['env_info']}, "
+            f"but this env has {dataclasses.asdict(policy.info)}"
+        )
+    try:
+        policy.load_state_dict(state["policy"])
+    except RuntimeError as err:
+        raise ConfigError(f"resume={path}: the networks do not match this config ({str(err).splitlines()[0]})") from None
+    learner.load_state_dict(state["learner"])
+    set_rng_state(state["rng"])
+    actor.generator.set_state(state["actor_rng"])
+    if buf is not None:
+        buffer.load_state_dict(buf)
+    return Counters(**state["counters"])
