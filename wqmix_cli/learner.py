@@ -17,9 +17,12 @@ from wqmix_cli.policy import WQMIXPolicy
 
 @dataclass
 class LossParts:
-    """Scalars of one loss evaluation (tensors; ``total`` carries the gradient)."""
+    """One loss evaluation: ``total`` carries the gradient; ``weights`` and ``targets``
+    are the per-step w and y ``[B, T]``; the rest are detached scalars."""
 
     total: torch.Tensor
+    weights: torch.Tensor
+    targets: torch.Tensor
     qmix: torch.Tensor
     central: torch.Tensor
     w_mean: torch.Tensor
@@ -79,6 +82,8 @@ def wqmix_loss(
     qmix_loss = (mask * weights * (q_tot - y) ** 2).sum() / n_real
     return LossParts(
         total=qmix_loss + central_weight * central_loss,
+        weights=weights,
+        targets=y,
         qmix=qmix_loss.detach(),
         central=central_loss.detach(),
         w_mean=(weights * mask).sum() / n_real,

@@ -8,13 +8,33 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
+from collections.abc import Iterator
 
 import numpy as np
 
 from wqmix_cli.config import SMAXConfig
 from wqmix_cli.envs.base import BatchStep, EnvInfo, Observation
 
-with contextlib.redirect_stdout(io.StringIO()):  # `import jaxmarl` prints a banner
+
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """Swallow what ``import jaxmarl`` prints to stdout.
+
+    ``contextlib.redirect_stdout`` is not enough: jaxmarl's mabrax module sets
+    ``sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__`` while importing, which also
+    undoes any capture (pytest's). So the real streams are swapped too, and all four are
+    put back afterwards.
+    """
+    saved = sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__
+    sys.stdout = sys.__stdout__ = io.StringIO()
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__ = saved
+
+
+with _quiet_import():
     import jax
     import jax.numpy as jnp
     from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
@@ -29,6 +49,12 @@ def known_maps() -> list[str]:
 def _strong_types(tree):
     """Drop JAX weak types (Python ints in the reset state), so the step compiles once."""
     return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), tree)
+
+
+def _observation(view) -> Observation:
+    # Copies: numpy views of JAX buffers are read-only, which torch.as_tensor warns about.
+    obs, state, avail = view
+    return Observation(obs=np.array(obs), state=np.array(state), avail=np.array(avail))
 
 
 class SMAXVectorEnv:
@@ -112,10 +138,9 @@ class SMAXVectorEnv:
     def reset(self, seed: int) -> Observation:
         """Reset all E envs (env e seeded with ``seed + e``); arrays ``[E, N, O]``, ``[E, S]``, ``[E, N, A]``."""
         seeds = (int(seed) + np.arange(self.n_envs, dtype=np.int64)) % 2**32
-        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, dtype=jnp.uint32))
+        keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(np.uint32))
         self._keys, self._state, view = self._reset_fn(keys)
-        obs, state, avail = jax.device_get(view)
-        return Observation(obs=np.array(obs), state=np.array(state), avail=np.array(avail))
+        return _observation(view)
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> BatchStep:
         """Step the active envs with ``actions [E, N]`` (ints); ``active [E]`` bool.
@@ -125,16 +150,14 @@ class SMAXVectorEnv:
         """
         if self._state is None:
             raise RuntimeError("SMAXVectorEnv.step called before reset")
-        actions = jnp.asarray(np.asarray(actions, dtype=np.int32).reshape(self.n_envs, self._n_allies))
-        active = jnp.asarray(np.asarray(active, dtype=bool).reshape(self.n_envs))
+        # numpy goes straight into the jitted call: a separate jnp.asarray costs more here.
+        actions = np.asarray(actions, dtype=np.int32).reshape(self.n_envs, self._n_allies)
+        active = np.asarray(active, dtype=bool).reshape(self.n_envs)
         self._keys, self._state, view, reward, terminated, truncated, won = self._step_fn(
             self._keys, self._state, actions, active
         )
-        (obs, state, avail), reward, terminated, truncated, won = jax.device_get(
-            (view, reward, terminated, truncated, won)
-        )
         return BatchStep(
-            observation=Observation(obs=np.array(obs), state=np.array(state), avail=np.array(avail)),
+            observation=_observation(view),
             reward=np.array(reward),
             terminated=np.array(terminated),
             truncated=np.array(truncated),

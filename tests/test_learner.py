@@ -1,0 +1,192 @@
+"""The Weighted QMIX loss against hand-computed values (design section 4)."""
+import pytest
+import torch
+from conftest import SMALL_INFO, random_batch, small_policy
+from torch import nn
+
+from wqmix_cli.buffer import EpisodeBatch
+from wqmix_cli.config import LearnerConfig
+from wqmix_cli.learner import WQMIXLearner, wqmix_loss
+
+ALPHA = 0.1
+GAMMA = 0.5
+
+
+class TableAgent(nn.Module):
+    """A stand-in agent network whose utilities are a fixed table ``[B, T+1, N, A]``."""
+
+    def __init__(self, table: list) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.tensor(table, dtype=torch.float32))
+
+    def forward(self, inputs, hidden=None):
+        return self.table[:, : inputs.shape[1]], hidden
+
+
+class SumMixer(nn.Module):
+    def forward(self, agent_qs, states):
+        return agent_qs.sum(-1)
+
+
+def table(per_step: list) -> list:
+    """The same ``[T+1, N, A]`` table for both episodes of the batch."""
+    return [per_step, per_step]
+
+
+# Online utilities: greedy (0, 1) at t=0, (1, 0) at t=1, (0, 0) at t=2.
+ONLINE = table([[[1, 0], [0, 1]], [[0, 2], [3, 0]], [[1, 0], [1, 0]]])
+# Target Q*: at the online greedy actions, 5+5=10 at t=0 and 4+2=6 at t=1 (its own greedy at t=1 is 4+7=11).
+TARGET_CENTRAL = table([[[5, 0], [0, 5]], [[1, 4], [2, 7]], [[0, 0], [0, 0]]])
+# Online Q*: at the taken actions (0, 1): 2+3=5 at t=0 and 1+4=5 at t=1; at the greedy (1, 0) at t=1: 18.
+ONLINE_CENTRAL = table([[[2, 9], [9, 3]], [[1, 9], [9, 4]], [[0, 0], [0, 0]]])
+
+
+def hand_built(variant: str):
+    policy = small_policy(central=variant != "qmix")
+    policy.agent, policy.mixer = TableAgent(ONLINE), SumMixer()
+    if variant != "qmix":
+        policy.central_agent, policy.central_mixer = TableAgent(ONLINE_CENTRAL), SumMixer()
+        policy.target_central_agent, policy.target_central_mixer = TableAgent(TARGET_CENTRAL), SumMixer()
+    else:
+        policy.target_agent, policy.target_mixer = TableAgent(TARGET_CENTRAL), SumMixer()
+    batch = EpisodeBatch(
+        obs=torch.zeros(2, 3, 2, SMALL_INFO.obs_dim),
+        state=torch.zeros(2, 3, SMALL_INFO.state_dim),
+        avail=torch.ones(2, 3, 2, 2, dtype=torch.bool),
+        actions=torch.tensor([[[0, 1], [0, 1]], [[0, 1], [0, 1]]]),
+        reward=torch.tensor([[-5.0, -3.0], [1.0, 10.0]]),
+        terminated=torch.tensor([[False, True], [False, True]]),
+        filled=torch.ones(2, 2, dtype=torch.bool),
+    )
+    policy.info = SMALL_INFO.__class__(2, SMALL_INFO.obs_dim, SMALL_INFO.state_dim, 2, 10)
+    return policy, batch
+
+
+def test_targets_use_online_greedy_actions_and_target_central_q():
+    policy, batch = hand_built("cwqmix")
+    parts = wqmix_loss(policy, batch, "cwqmix", ALPHA, GAMMA)
+    # y_0 = r_0 + 0.5 * Q*_target(s_1, online greedy (1, 0)) = r_0 + 0.5 * 6; y_1 = r_1 (terminal).
+    assert torch.allclose(parts.targets, torch.tensor([[-2.0, -3.0], [4.0, 10.0]]))
+
+
+def test_cw_weights_match_hand_computation():
+    policy, batch = hand_built("cwqmix")
+    parts = wqmix_loss(policy, batch, "cwqmix", ALPHA, GAMMA)
+    # t=0: the taken actions are greedy -> 1. t=1: not greedy; y > Q*_target(s_1, greedy) = 6 only for episode 2.
+    assert torch.allclose(parts.weights, torch.tensor([[1.0, ALPHA], [1.0, 1.0]]))
+
+
+def test_ow_weights_match_hand_computation():
+    policy, batch = hand_built("owqmix")
+    parts = wqmix_loss(policy, batch, "owqmix", ALPHA, GAMMA)
+    # Q_tot(taken) = 2 at t=0 and 0 at t=1; weight 1 where Q_tot < y.
+    assert torch.allclose(parts.weights, torch.tensor([[ALPHA, ALPHA], [1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("variant", ["cwqmix", "owqmix"])
+def test_losses_match_hand_computation(variant):
+    policy, batch = hand_built(variant)
+    parts = wqmix_loss(policy, batch, variant, ALPHA, GAMMA)
+    y = torch.tensor([[-2.0, -3.0], [4.0, 10.0]])
+    q_tot = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    q_star_taken = torch.tensor([[5.0, 5.0], [5.0, 5.0]])  # Q* at the taken, not the greedy, actions
+    assert parts.central.item() == pytest.approx(((q_star_taken - y) ** 2).mean().item())
+    assert parts.qmix.item() == pytest.approx((parts.weights * (q_tot - y) ** 2).mean().item())
+    assert parts.total.item() == pytest.approx(parts.qmix.item() + parts.central.item())
+
+
+def test_qmix_target_uses_its_own_target_mixer_with_online_greedy():
+    policy, batch = hand_built("qmix")
+    parts = wqmix_loss(policy, batch, "qmix", ALPHA, GAMMA)
+    assert torch.allclose(parts.targets, torch.tensor([[-2.0, -3.0], [4.0, 10.0]]))
+    assert torch.all(parts.weights == 1.0)
+    assert parts.central.item() == 0.0
+
+
+def test_weights_and_targets_carry_no_gradient():
+    policy, batch = hand_built("owqmix")
+    parts = wqmix_loss(policy, batch, "owqmix", ALPHA, GAMMA)
+    assert not parts.weights.requires_grad and not parts.targets.requires_grad
+    parts.total.backward()
+    assert policy.target_central_agent.table.grad is None
+    assert policy.central_agent.table.grad is not None
+
+
+@pytest.mark.parametrize("variant", ["cwqmix", "owqmix", "qmix"])
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_padding_does_not_change_the_loss(variant, recurrent):
+    policy = small_policy(central=variant != "qmix", recurrent=recurrent)
+    lengths = [5, 3, 2]
+    tight = random_batch(SMALL_INFO, lengths)
+    padded = random_batch(SMALL_INFO, lengths, t=9)
+    for name in ("obs", "state", "avail", "actions", "reward", "terminated", "filled"):
+        src, dst = getattr(tight, name), getattr(padded, name)
+        dst[:, : src.shape[1]] = src
+    padded.obs[:, 6:] = torch.randn_like(padded.obs[:, 6:])  # garbage past every episode's end
+    a = wqmix_loss(policy, tight, variant, ALPHA, 0.99)
+    b = wqmix_loss(policy, padded, variant, ALPHA, 0.99)
+    assert a.total.item() == pytest.approx(b.total.item(), rel=1e-6)
+    assert a.central.item() == pytest.approx(b.central.item(), rel=1e-6)
+
+
+def test_loss_of_a_batch_is_the_step_weighted_mean_of_its_episodes():
+    policy = small_policy()
+    lengths = [4, 2]
+    batch = random_batch(SMALL_INFO, lengths, seed=3)
+    whole = wqmix_loss(policy, batch, "cwqmix", ALPHA, 0.99).total.item()
+    parts = []
+    for i, length in enumerate(lengths):
+        one = EpisodeBatch(**{k: v[i : i + 1, : length + (1 if k in ("obs", "state", "avail") else 0)]
+                              for k, v in vars(batch).items()})
+        parts.append(wqmix_loss(policy, one, "cwqmix", ALPHA, 0.99).total.item() * length)
+    assert whole == pytest.approx(sum(parts) / sum(lengths), rel=1e-5)
+
+
+def test_hard_target_sync_after_interval():
+    policy = small_policy()
+    cfg = LearnerConfig(hidden_dim=16, mixer_embed_dim=8, hypernet_dim=16, central_mixer_dim=32,
+                        target_update_interval=3, lr=1e-2)
+    learner = WQMIXLearner(policy, cfg, "cwqmix", ALPHA, torch.device("cpu"))
+    batch = random_batch(SMALL_INFO, [4, 3])
+
+    def same() -> bool:
+        return all(torch.equal(a, b) for a, b in zip(policy.central_agent.parameters(),
+                                                      policy.target_central_agent.parameters()))
+
+    start = [p.clone() for p in policy.target_central_agent.parameters()]
+    learner.update(batch)
+    learner.update(batch)
+    assert not same()
+    assert all(torch.equal(a, b) for a, b in zip(start, policy.target_central_agent.parameters()))
+    learner.update(batch)
+    assert same()
+
+
+def test_soft_target_update_moves_targets_by_tau():
+    policy = small_policy()
+    cfg = LearnerConfig(hidden_dim=16, mixer_embed_dim=8, hypernet_dim=16, central_mixer_dim=32,
+                        target_update="soft", tau=0.25, lr=1e-2)
+    learner = WQMIXLearner(policy, cfg, "cwqmix", ALPHA, torch.device("cpu"))
+    before = [p.clone() for p in policy.target_central_mixer.parameters()]
+    learner.update(random_batch(SMALL_INFO, [4, 3]))
+    for old, new, online in zip(before, policy.target_central_mixer.parameters(), policy.central_mixer.parameters()):
+        assert torch.allclose(new, old + 0.25 * (online - old), atol=1e-6)
+
+
+def test_update_returns_the_design_tags_and_finite_values():
+    policy = small_policy()
+    learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "owqmix", ALPHA, torch.device("cpu"))
+    stats = learner.update(random_batch(SMALL_INFO, [4, 3, 5]))
+    assert set(stats) >= {"loss/total", "loss/qmix", "loss/central", "train/w_mean", "q/q_tot_mean",
+                          "q/target_mean", "train/grad_norm"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert ALPHA <= stats["train/w_mean"] <= 1.0
+
+
+def test_nan_loss_stops_with_a_message():
+    policy = small_policy()
+    learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "cwqmix", ALPHA, torch.device("cpu"))
+    batch = random_batch(SMALL_INFO, [3, 2])
+    batch.reward[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="update 1"):
+        learner.update(batch)

@@ -1,0 +1,103 @@
+"""End to end: `wqmix train` writes the run layout, the design's scalars, and loadable checkpoints."""
+import dataclasses
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from wqmix_cli.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from wqmix_cli.cli import main
+from wqmix_cli.config import validate
+from wqmix_cli.policy import WQMIXPolicy
+
+TINY = ["t_max=600", "test_interval=200", "test_episodes=2", "log_interval=100", "save_interval=300",
+        "learner.batch_size=4", "learner.target_update_interval=5", "epsilon.anneal_time=300"]
+TAGS = {"train/return_mean", "train/epsilon", "test/return_mean", "loss/total", "loss/qmix", "loss/central",
+        "train/w_mean", "q/q_tot_mean", "q/target_mean", "train/grad_norm", "perf/env_steps_per_s"}
+
+
+def scalars(run_dir) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run")
+    assert main(["train", *TINY, f"hydra.run.dir={path}"]) == 0
+    return path
+
+
+def test_run_writes_the_output_layout(run_dir):
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "train.log").read_text().count("test return") >= 3
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "600"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["300", "600", "latest"]
+    saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    assert saved["t_max"] == 600 and saved["agent"]["name"] == "cwqmix"
+
+
+def test_tensorboard_holds_the_design_tags_against_env_steps(run_dir):
+    acc = scalars(run_dir)
+    assert TAGS <= set(acc.Tags()["scalars"])
+    steps = [e.step for e in acc.Scalars("train/epsilon")]
+    assert steps == sorted(steps) and steps[-1] <= 600 and steps[0] >= 100
+    eps = [e.value for e in acc.Scalars("train/epsilon")]
+    assert eps[0] > eps[-1] >= 0.05
+    assert len(acc.Scalars("test/return_mean")) == 3
+
+
+def test_checkpoint_holds_every_network_and_loads_into_a_fresh_policy(run_dir):
+    state, _ = load_checkpoint(latest_checkpoint(run_dir))
+    names = {k.split(".")[0] for k in state["policy"]}
+    assert names == {"agent", "mixer", "central_agent", "central_mixer", "target_central_agent", "target_central_mixer"}
+    assert state["counters"]["t_env"] == 600 and state["learner"]["updates"] > 0
+    assert {"python", "numpy", "torch"} <= set(state["rng"]) and "optimizer" in state["learner"]
+    cfg = validate(state["config"])
+    from wqmix_cli.envs.base import EnvInfo
+
+    policy = WQMIXPolicy(EnvInfo(**state["env_info"]), cfg.learner, central=True)
+    policy.load_state_dict(state["policy"])
+    for key, value in policy.state_dict().items():
+        assert torch.equal(value, state["policy"][key])
+
+
+def test_saved_policy_gives_equal_outputs_after_reload(tmp_path):
+    from conftest import SMALL_INFO, random_batch, small_policy
+
+    from wqmix_cli.learner import wqmix_loss
+
+    policy = small_policy()
+    batch = random_batch(SMALL_INFO, [4, 2])
+    save_checkpoint(tmp_path, 7, {"policy": policy.state_dict()})
+    fresh = small_policy()
+    fresh.load_state_dict(load_checkpoint(latest_checkpoint(tmp_path))[0]["policy"])
+    a = wqmix_loss(policy, batch, "cwqmix", 0.1, 0.99)
+    b = wqmix_loss(fresh, batch, "cwqmix", 0.1, 0.99)
+    assert a.total.item() == b.total.item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["agent=owqmix", "learner.recurrent=false", "seed=3"],
+        ["agent=qmix", "env.scenario=simple_speaker_listener"],
+        ["env.scenario=simple_reference", "env.n_envs=3", "env.workers=1"],
+    ],
+)
+def test_variants_and_scenarios_train(tmp_path, overrides):
+    assert main(["train", *TINY, "t_max=300", *overrides, f"hydra.run.dir={tmp_path}"]) == 0
+    acc = scalars(tmp_path)
+    losses = [e.value for e in acc.Scalars("loss/total")]
+    assert losses and all(v == v for v in losses)
+
+
+def test_config_defaults_in_conf_match_the_schema():
+    from wqmix_cli.cli import compose
+    from wqmix_cli.config import Config, MPEConfig
+
+    cfg = validate(compose([]))
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(Config(env=MPEConfig()))

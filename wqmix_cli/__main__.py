@@ -1,0 +1,3 @@
+from wqmix_cli.cli import entry
+
+entry()
