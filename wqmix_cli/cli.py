@@ -176,6 +176,8 @@ def _run_hydra_train(args: list[str]) -> int:
         _exit_code = max(_exit_code, code)
         return code
 
+    global _exit_code
+    _exit_code = 0
     sys.argv = ["wqmix train", *args]
     task()
     return _exit_code

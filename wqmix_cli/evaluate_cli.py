@@ -86,28 +86,32 @@ def parse_args(args: list[str]) -> Options:
     for arg in args:
         key, sep, text = arg.partition("=")
         if not sep or not key:
-            raise BadInput(f"evaluate: expected key=value, got {arg!r}; allowed keys: {', '.join(OPTIONS)}, env.KEY")
+            raise BadInput(f"expected key=value, got {arg!r}; allowed keys: {', '.join(OPTIONS)}, env.KEY")
         if key.startswith("env."):
             env[key[4:]] = _parse_value(text)
+        elif key in ("checkpoint", "gif", "json", "device"):
+            if not text:
+                raise BadInput(f"{key}= needs a value")
+            values[key] = text
         elif key in OPTIONS:
-            values[key] = text if key in ("checkpoint", "gif", "json", "device") else _parse_value(text)
+            values[key] = _parse_value(text)
         else:
             close = difflib.get_close_matches(key, list(OPTIONS), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise BadInput(f"evaluate: unknown argument '{key}'{hint}; allowed: {', '.join(OPTIONS)}, env.KEY")
+            raise BadInput(f"unknown argument '{key}'{hint}; allowed: {', '.join(OPTIONS)}, env.KEY")
     if values["checkpoint"] is None:
-        raise BadInput("evaluate: checkpoint=PATH is required (a run folder or a checkpoint)")
+        raise BadInput("checkpoint=PATH is required (a run folder or a checkpoint)")
     for key in ("episodes", "seed"):
         if not isinstance(values[key], int) or isinstance(values[key], bool):
-            raise BadInput(f"evaluate: {key}={values[key]!r} must be an integer")
+            raise BadInput(f"{key}={values[key]!r} must be an integer")
     if values["episodes"] <= 0:
-        raise BadInput(f"evaluate: episodes={values['episodes']} must be positive")
+        raise BadInput(f"episodes={values['episodes']} must be positive")
     if values["seed"] < 0:
-        raise BadInput(f"evaluate: seed={values['seed']} must be >= 0")
+        raise BadInput(f"seed={values['seed']} must be >= 0")
     if not isinstance(values["render"], bool):
-        raise BadInput(f"evaluate: render={values['render']!r} must be true or false")
+        raise BadInput(f"render={values['render']!r} must be true or false")
     if values["device"] not in ("cpu", "cuda", "auto"):
-        raise BadInput(f"evaluate: device={values['device']!r} is not known; allowed: cpu, cuda, auto")
+        raise BadInput(f"device={values['device']!r} is not known; allowed: cpu, cuda, auto")
     return Options(
         checkpoint=Path(values["checkpoint"]),
         episodes=values["episodes"],
@@ -133,13 +137,13 @@ def load_run(opts: Options) -> tuple[Path, dict, Config]:
     folder = latest_checkpoint(opts.checkpoint)
     if folder is None:
         what = "no such file or folder" if not opts.checkpoint.exists() else "no complete checkpoint there"
-        raise BadInput(f"evaluate: checkpoint={opts.checkpoint}: {what} (expected RUN_DIR/checkpoints/<t_env>/state.pt)")
+        raise BadInput(f"checkpoint={opts.checkpoint}: {what} (expected RUN_DIR/checkpoints/<t_env>/state.pt)")
     try:
         state, _ = load_checkpoint(folder)
     except CheckpointError as err:
         raise BadInput(str(err)) from None
     if not isinstance(state, dict) or not {"policy", "config", "env_info"} <= set(state):
-        raise BadInput(f"evaluate: {folder} is not a wqmix checkpoint (no policy, config or env_info in state.pt)")
+        raise BadInput(f"{folder} is not a wqmix checkpoint (no policy, config or env_info in state.pt)")
     raw = dict(state["config"])
     raw["env"] = {**raw["env"], **opts.env}
     cfg = validate(raw)
@@ -153,14 +157,14 @@ def build_policy(state: dict, cfg: Config, device: torch.device) -> WQMIXPolicy:
     try:
         policy.load_state_dict(state["policy"])
     except RuntimeError as err:
-        raise BadInput(f"evaluate: the checkpoint's networks do not match its config ({str(err).splitlines()[0]})") from None
+        raise BadInput(f"the checkpoint's networks do not match its config ({str(err).splitlines()[0]})") from None
     return policy.to(device).eval()
 
 
-def _check_sizes(policy: WQMIXPolicy, env_info: Any) -> None:
+def _check_sizes(policy: WQMIXPolicy, env_info: EnvInfo) -> None:
     if env_info != policy.info:
         raise BadInput(
-            f"evaluate: the checkpoint was made for env sizes {dataclasses.asdict(policy.info)}, "
+            f"the checkpoint was made for env sizes {dataclasses.asdict(policy.info)}, "
             f"but this env has {dataclasses.asdict(env_info)}"
         )
 
@@ -270,13 +274,16 @@ def format_matrix(name: str, table: np.ndarray) -> str:
 
 
 def render_episode(policy: WQMIXPolicy, cfg: Config, device: torch.device, seed: int, path: Path) -> int:
-    """Write a GIF of one greedy episode (reset with ``seed``) to ``path``; returns the frame count."""
+    """Write a GIF of one greedy episode (reset with ``seed``) to ``path``; returns its steps.
+
+    The GIF writer merges identical consecutive frames, so it may hold fewer than steps + 1.
+    """
     import imageio.v3 as iio
 
     try:
         env: MultiAgentEnv = make_env(cfg.env, render_mode="rgb_array")
     except ValueError as err:
-        raise BadInput(f"evaluate: env {cfg.env.name} cannot render ({err})") from None
+        raise BadInput(f"env {cfg.env.name} cannot render ({err})") from None
     try:
         _check_sizes(policy, env.info())
         actor = Actor(policy, device, seed=seed)
@@ -285,7 +292,7 @@ def render_episode(policy: WQMIXPolicy, cfg: Config, device: torch.device, seed:
         try:
             frames = [env.render()]
         except (NotImplementedError, RuntimeError) as err:
-            raise BadInput(f"evaluate: env {cfg.env.name} cannot render ({err})") from None
+            raise BadInput(f"env {cfg.env.name} cannot render ({err})") from None
         for _ in range(policy.info.episode_limit):
             action = actor.act(ob.obs[None], ob.avail[None], 0.0)[0]
             _, terminated, truncated, _ = env.step(action)
@@ -297,7 +304,7 @@ def render_episode(policy: WQMIXPolicy, cfg: Config, device: torch.device, seed:
         env.close()
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, np.stack(frames), extension=".gif", duration=GIF_FRAME_MS, loop=0)
-    return len(frames)
+    return len(frames) - 1
 
 
 def evaluate(opts: Options) -> int:
@@ -309,8 +316,8 @@ def evaluate(opts: Options) -> int:
 
     if opts.render:
         gif = opts.gif or run_dir / "episode.gif"
-        frames = render_episode(policy, cfg, device, opts.seed, gif)
-        print(f"wrote {gif} ({frames} frames)", file=sys.stderr if opts.json == "-" else sys.stdout)
+        steps = render_episode(policy, cfg, device, opts.seed, gif)
+        print(f"wrote {gif} (one greedy episode, {steps} steps)", file=sys.stderr if opts.json == "-" else sys.stdout)
 
     env = make_vector_env(cfg.env, n_envs=min(cfg.env.n_envs, opts.episodes))
     try:
@@ -343,7 +350,7 @@ def evaluate(opts: Options) -> int:
         Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
         Path(opts.json).write_text(line + "\n")
     print(f"{folder} (agent {cfg.agent.name}, env {cfg.env.name}, t_env {t_env}): "
-          f"{opts.episodes} greedy episodes, seed {opts.seed}")
+          f"{opts.episodes} greedy episode{'s' if opts.episodes > 1 else ''}, seed {opts.seed}")
     print(format_table(record))
     for name, label in (("q_tot", "Q_tot"), ("q_star", "Q*")):
         if name in tables and tables[name].ndim == 2:
@@ -360,7 +367,5 @@ def evaluate_command(args: list[str]) -> int:
     try:
         return evaluate(parse_args(args))
     except (BadInput, ConfigError, MissingDependency) as err:
-        message = str(err)
-        prefix = "" if message.startswith("evaluate:") else "evaluate: "
-        print(f"wqmix: {prefix}{message}".splitlines()[0], file=sys.stderr)
+        print(f"wqmix: evaluate: {err}".splitlines()[0], file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -14,12 +14,13 @@ log = logging.getLogger("wqmix")
 class RunLogger:
     """Writes scalars against environment steps.
 
-    ``start_step`` > 0 (a resumed run) purges events at or after it from earlier files,
-    so a resumed curve has neither repeated nor missing steps.
+    ``start_step`` > 0 (a resumed run, whose checkpoint holds everything logged up to and
+    including that step) hides events after it in earlier files from TensorBoard, so a
+    resumed curve has neither repeated nor missing steps.
     """
 
     def __init__(self, run_dir: Path, t_max: int, start_step: int = 0, progress: bool | None = None) -> None:
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(
             total=t_max, initial=start_step, unit="step", unit_scale=True, dynamic_ncols=True,
             disable=None if progress is None else not progress,

@@ -35,6 +35,7 @@ class Counters:
     last_log: int = 0
     last_save: int = 0
     update_credit: float = 0.0
+    pending_returns: list[float] = dataclasses.field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,6 +100,8 @@ def train(cfg: Config, run_dir: Path) -> int:
     if cfg.resume:
         counters = resume(Path(cfg.resume), cfg, policy, learner, buffer, actor)
         log.info("resumed from t_env=%d", counters.t_env)
+        if not cfg.checkpoint.save_buffer:
+            log.warning("resuming with an empty replay buffer (checkpoint.save_buffer=false)")
     logger = RunLogger(run_dir, cfg.t_max, counters.t_env)
     log.info("env %s: %s; agent %s on %s", cfg.env.name, info, cfg.agent.name, device)
 
@@ -116,7 +119,7 @@ def train(cfg: Config, run_dir: Path) -> int:
         save_checkpoint(run_dir / "checkpoints", counters.t_env, state, buf, cfg.checkpoint.keep)
         counters.last_save = counters.t_env
 
-    returns: list[float] = []
+    returns = counters.pending_returns
     stats: dict[str, float] = {}
     code = 0
     try:

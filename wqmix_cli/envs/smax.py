@@ -69,8 +69,10 @@ class SMAXVectorEnv:
 
     Team reward: agent 0's reward (jaxmarl gives every ally the same team reward: enemy
     health removed this step, normalised, plus 1.0 for a win). ``terminated``: the battle
-    ended by elimination (one side, or both, all dead). ``truncated``: jaxmarl ended it at
-    its step limit (``state.step >= max_steps``, 100) with both sides still standing.
+    ended by elimination (one side, or both, all dead). ``truncated``: it reached the step
+    limit (jaxmarl's ``max_steps``, 100 steps) with both sides still standing. jaxmarl itself
+    only ends a battle one step later (it checks ``state.step >= max_steps`` before counting
+    the step), so the limit is applied here: an episode has at most 100 steps.
     ``battle_won``: every enemy dead and at least one ally alive (jaxmarl's own win rule; a
     mutual wipe-out is a draw, as in SMAC). Dead allies see zeros and may only stop
     (action 4).
@@ -110,15 +112,20 @@ class SMAXVectorEnv:
             jnp.stack([avail[a] for a in self._agents]).astype(bool),
         )
 
-    def _reset_one(self, key):
-        key, reset_key = jax.random.split(key)
+    def _reset_one(self, seed):
+        key, reset_key = jax.random.split(jax.random.PRNGKey(seed))
         _, state = self._env.reset(reset_key)
         state = _strong_types(state)
         return key, state, self._view(state)
 
+    def _finished(self, inner):
+        # jaxmarl tests its step limit before counting the step, so on its own a battle could
+        # run episode_limit + 1 steps; the limit is applied here on the counted steps.
+        return inner.done | (inner.step >= self._info.episode_limit)
+
     def _step_one(self, key, state, actions, active):
         # A battle that is over never moves again, even if the caller still marks it active.
-        active = active & ~state.state.done
+        active = active & ~self._finished(state.state)
         next_key, step_key = jax.random.split(key)
         _, new_state, rewards, _, _ = self._env.step_env(
             step_key, state, {a: actions[i] for i, a in enumerate(self._agents)}
@@ -131,15 +138,14 @@ class SMAXVectorEnv:
         allies_dead = ~jnp.any(alive[: self._n_allies])
         enemies_dead = ~jnp.any(alive[self._n_allies :])
         eliminated = allies_dead | enemies_dead
-        done = state.state.done
+        finished = self._finished(state.state)
         won = (enemies_dead & ~allies_dead).astype(jnp.float32)
-        return key, state, self._view(state), reward, done & eliminated, done & ~eliminated, won
+        return key, state, self._view(state), reward, finished & eliminated, finished & ~eliminated, won
 
     def reset(self, seed: int) -> Observation:
         """Reset all E envs (env e seeded with ``seed + e``); arrays ``[E, N, O]``, ``[E, S]``, ``[E, N, A]``."""
         seeds = (int(seed) + np.arange(self.n_envs, dtype=np.int64)) % 2**32
-        keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(np.uint32))
-        self._keys, self._state, view = self._reset_fn(keys)
+        self._keys, self._state, view = self._reset_fn(seeds.astype(np.uint32))
         return _observation(view)
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> BatchStep:

@@ -1,0 +1,626 @@
+"""Benchmarks of wqmix, each against a baseline measured in the same run on the same machine.
+
+    python scripts/benchmark.py                 # the full run (about 10 minutes on 2 cores)
+    python scripts/benchmark.py --quick         # fewer cases and shorter timings (under 5)
+    python scripts/benchmark.py --json out.json --device cuda   # also the learner on the GPU
+
+1. Collection: env steps/s of ``EpisodeRunner`` + ``Actor`` + ``EpisodeBuffer.add`` over
+   the same vector env stepped with random available actions (MPE simple_spread; SMAX 3m
+   where jaxmarl works). Raw and runner episodes alternate, so a change in the machine's
+   load hits both.
+2. Learner: one ``WQMIXLearner.update`` over ``ReferenceLearner.update``, the same loss
+   written the per-timestep way of pymarl (a Python loop over t calling ``nn.GRUCell``s
+   that hold our ``nn.GRU`` weights). Both start from the same weights and must give the
+   same loss on the same batch (asserted). Also the update's compute floor: its FLOPs
+   (``FlopCounterMode``) over the fp32 matmul rate measured here.
+3. End to end: steady-state env steps/s of ``train`` with the default config, read from
+   its ``perf/env_steps_per_s`` scalars once the buffer holds a batch.
+4. Memory: replay bytes per episode against a naive float32 transition layout.
+
+The JSON's top level carries the headline figures (``learner_speedup``, ``loss_match``,
+``learner_floor_ratio``, ``collection_ratio``, ``buffer_memory_ratio``,
+``e2e_env_steps_per_s``); the tables' rows follow under ``learner``, ``collection``,
+``e2e`` and ``memory``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from wqmix_cli.actor import Actor
+from wqmix_cli.buffer import EpisodeBatch, EpisodeBuffer
+from wqmix_cli.config import LearnerConfig, MPEConfig, SMAXConfig
+from wqmix_cli.envs import make_vector_env
+from wqmix_cli.envs.base import EnvInfo, VectorEnv
+from wqmix_cli.learner import WQMIXLearner
+from wqmix_cli.policy import RNNAgent, WQMIXPolicy
+from wqmix_cli.runner import EpisodeRunner
+
+MPE_INFO = EnvInfo(n_agents=3, obs_dim=18, state_dim=54, n_actions=5, episode_limit=25)
+SMAX_3M_INFO = EnvInfo(n_agents=3, obs_dim=75, state_dim=72, n_actions=8, episode_limit=100)
+LOSS_TOLERANCE = 1e-5
+MEMORY_EPISODES = 5000
+MATMUL_SHAPE = (800, 256, 256)
+COLLECTION_EPSILON = 0.5
+
+
+# --------------------------------------------------------------------------------------
+# The reference update: the same loss, one Python step per time step
+# --------------------------------------------------------------------------------------
+
+
+class StepwiseAgent(nn.Module):
+    """``fc1 -> ReLU -> GRUCell -> fc2``, run one time step per call, as pymarl's agents are."""
+
+    def __init__(self, agent: RNNAgent) -> None:
+        super().__init__()
+        self.fc1 = copy.deepcopy(agent.fc1)
+        self.fc2 = copy.deepcopy(agent.fc2)
+        gru = agent.rnn
+        self.cell = nn.GRUCell(gru.input_size, gru.hidden_size).to(gru.weight_ih_l0.device)
+        with torch.no_grad():
+            self.cell.weight_ih.copy_(gru.weight_ih_l0)
+            self.cell.weight_hh.copy_(gru.weight_hh_l0)
+            self.cell.bias_ih.copy_(gru.bias_ih_l0)
+            self.cell.bias_hh.copy_(gru.bias_hh_l0)
+
+    def unroll(self, steps: list[torch.Tensor], batch_size: int, n_agents: int) -> torch.Tensor:
+        """Per-step inputs ``[B*N, in]`` (a list of T) -> utilities ``[B, T, N, A]``."""
+        hidden = steps[0].new_zeros(batch_size * n_agents, self.cell.hidden_size)
+        outs = []
+        for x in steps:
+            hidden = self.cell(torch.relu(self.fc1(x)), hidden)
+            outs.append(self.fc2(hidden).view(batch_size, n_agents, -1))
+        return torch.stack(outs, dim=1)
+
+
+def step_inputs(obs: torch.Tensor, actions: torch.Tensor, n_actions: int) -> list[torch.Tensor]:
+    """pymarl's per-step agent inputs (observation, one-hot last action, one-hot agent id).
+
+    obs ``[B, T+1, N, O]``, actions ``[B, T, N]`` -> T+1 tensors ``[B*N, O + A + N]``.
+    Built once and shared by the networks (pymarl rebuilds them inside every network's
+    loop, so this reference is, if anything, faster than pymarl's).
+    """
+    b, t1, n, _ = obs.shape
+    ids = torch.eye(n, device=obs.device, dtype=obs.dtype).expand(b, n, n)
+    last = obs.new_zeros(b, n, n_actions)
+    steps = []
+    for t in range(t1):
+        steps.append(torch.cat([obs[:, t], last, ids], dim=-1).reshape(b * n, -1))
+        if t < t1 - 1:
+            last = F.one_hot(actions[:, t], n_actions).to(obs.dtype)
+    return steps
+
+
+def _pick(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    return torch.gather(q, dim=3, index=actions.unsqueeze(3)).squeeze(3)
+
+
+class ReferenceLearner:
+    """The WQMIX update written per time step, on its own copies of ``policy``'s weights.
+
+    Same FLOPs as ``WQMIXLearner.update``: the online agent and the target (central) agent
+    run over T+1 steps, the online central agent over T; each mixer is applied once over
+    the stacked outputs. Then the same weighting, loss, backward, joint gradient-norm clip
+    and RMSprop step. Targets are held fixed (the timed updates never reach a copy).
+    Recurrent agents and the RMSprop optimiser only.
+    """
+
+    def __init__(self, policy: WQMIXPolicy, cfg: LearnerConfig, variant: str, w: float) -> None:
+        if not isinstance(policy.agent, RNNAgent):
+            raise ValueError("the reference update is written for recurrent (GRU) agents")
+        self.cfg, self.variant, self.w, self.central = cfg, variant, w, policy.central
+        self.n_actions = policy.info.n_actions
+        self.agent = StepwiseAgent(policy.agent)
+        self.mixer = copy.deepcopy(policy.mixer)
+        online: list[nn.Module] = [self.agent, self.mixer]
+        if self.central:
+            self.central_agent = StepwiseAgent(policy.central_agent)
+            self.central_mixer = copy.deepcopy(policy.central_mixer)
+            self.target_agent = StepwiseAgent(policy.target_central_agent)
+            self.target_mixer = copy.deepcopy(policy.target_central_mixer)
+            online += [self.central_agent, self.central_mixer]
+        else:
+            self.target_agent = StepwiseAgent(policy.target_agent)
+            self.target_mixer = copy.deepcopy(policy.target_mixer)
+        self.target_agent.requires_grad_(False)
+        self.target_mixer.requires_grad_(False)
+        self.params = [p for module in online for p in module.parameters()]
+        self.optimizer = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
+
+    def loss(self, batch: EpisodeBatch) -> torch.Tensor:
+        b, t, n = batch.actions.shape
+        steps = step_inputs(batch.obs, batch.actions, self.n_actions)
+        mask = batch.filled.float()
+        not_done = 1.0 - batch.terminated.float()
+
+        q = self.agent.unroll(steps, b, n)  # [B, T+1, N, A]
+        q_tot = self.mixer(_pick(q[:, :-1], batch.actions), batch.state[:, :-1])
+        masked = q.detach().clone()
+        masked[~batch.avail] = -9999999.0
+        greedy = masked.argmax(dim=3)  # [B, T+1, N]
+
+        with torch.no_grad():
+            q_target = self.target_agent.unroll(steps, b, n)
+            target_greedy = self.target_mixer(_pick(q_target, greedy), batch.state)  # [B, T+1]
+            y = batch.reward + self.cfg.gamma * not_done * target_greedy[:, 1:]
+
+        weights = torch.ones_like(y)
+        central_loss = torch.zeros((), device=y.device)
+        if self.central:
+            q_c = self.central_agent.unroll(steps[:-1], b, n)
+            q_star = self.central_mixer(_pick(q_c, batch.actions), batch.state[:, :-1])
+            central_loss = (mask * (q_star - y) ** 2).sum() / mask.sum()
+            if self.variant == "cwqmix":
+                took_greedy = (batch.actions == greedy[:, :-1]).all(dim=2)
+                full = took_greedy | (y > target_greedy[:, :-1])
+            else:
+                full = q_tot.detach() < y
+            weights = torch.where(full, torch.ones_like(y), torch.full_like(y, self.w))
+        qmix_loss = (mask * weights * (q_tot - y) ** 2).sum() / mask.sum()
+        return qmix_loss + self.cfg.central_loss_weight * central_loss
+
+    def update(self, batch: EpisodeBatch) -> float:
+        """One gradient step; returns the loss before it."""
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+
+def random_batch(info: EnvInfo, batch_size: int, generator: torch.Generator) -> EpisodeBatch:
+    """Full-length episodes of random data; actions drawn from the available ones, half
+    of the episodes terminal at their last step."""
+    b, t, n, a = batch_size, info.episode_limit, info.n_agents, info.n_actions
+    avail = torch.rand(b, t + 1, n, a, generator=generator) > 0.3
+    avail[..., -1] = True
+    scores = torch.rand(b, t, n, a, generator=generator) * avail[:, :-1]
+    terminated = torch.zeros(b, t, dtype=torch.bool)
+    terminated[::2, -1] = True
+    return EpisodeBatch(
+        obs=torch.randn(b, t + 1, n, info.obs_dim, generator=generator),
+        state=torch.randn(b, t + 1, info.state_dim, generator=generator),
+        avail=avail,
+        actions=scores.argmax(-1),
+        reward=torch.randn(b, t, generator=generator),
+        terminated=terminated,
+        filled=torch.ones(b, t, dtype=torch.bool),
+    )
+
+
+def losses_match(a: float, b: float) -> bool:
+    return abs(a - b) <= LOSS_TOLERANCE * max(1.0, abs(a), abs(b))
+
+
+def paired_learners(
+    info: EnvInfo, variant: str, device: torch.device, cfg: LearnerConfig | None = None, seed: int = 0
+) -> tuple[WQMIXLearner, ReferenceLearner]:
+    """Our learner and the reference, starting from the same weights."""
+    cfg = cfg or LearnerConfig()
+    torch.manual_seed(seed)
+    policy = WQMIXPolicy(info, cfg, central=variant != "qmix").to(device)
+    reference = ReferenceLearner(policy, cfg, variant, w=0.1)
+    return WQMIXLearner(policy, cfg, variant, 0.1, device), reference
+
+
+def compare_losses(ours: WQMIXLearner, reference: ReferenceLearner, batch: EpisodeBatch) -> list[tuple[float, float]]:
+    """(our loss, reference loss) on two consecutive updates on ``batch``: the first checks
+    the forward pass, the second that backward, clipping and the step agree as well."""
+    return [(ours.update(batch)["loss/total"], reference.update(batch)) for _ in range(2)]
+
+
+# --------------------------------------------------------------------------------------
+# Timing helpers
+# --------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(
+    fns: list[Callable[[], Any]], warmup: int, repeats: int, device: torch.device
+) -> list[float]:
+    """Median seconds per call of each function; the functions take turns in every round."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
+    """fp32 rate of an ``800x256 @ 256x256`` matmul in a loop: the best of several rounds."""
+    m, k, n = MATMUL_SHAPE
+    a = torch.randn(m, k, device=device)
+    b = torch.randn(k, n, device=device)
+    out = torch.empty(m, n, device=device)
+    for _ in range(20):
+        torch.mm(a, b, out=out)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(50):
+            torch.mm(a, b, out=out)
+        _sync(device)
+        best = min(best, (time.perf_counter() - start) / 50)
+    return 2 * m * k * n / best
+
+
+def update_flops(learner: WQMIXLearner, batch: EpisodeBatch) -> int:
+    with FlopCounterMode(display=False) as counter:
+        learner.update(batch)
+    return counter.get_total_flops()
+
+
+# --------------------------------------------------------------------------------------
+# 2. Learner
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LearnerCase:
+    env: str
+    info: EnvInfo
+    batch_size: int
+    variant: str = "cwqmix"
+
+
+def bench_learner(case: LearnerCase, device: torch.device, warmup: int, repeats: int, matmul_rate: float) -> dict:
+    learner, reference = paired_learners(case.info, case.variant, device)
+    batch = random_batch(case.info, case.batch_size, torch.Generator().manual_seed(1)).to(device)
+    pairs = compare_losses(learner, reference, batch)
+    match = all(losses_match(a, b) for a, b in pairs)
+    ours_s, ref_s = time_alternating([lambda: learner.update(batch), lambda: reference.update(batch)],
+                                     warmup, repeats, device)
+    flops = update_flops(learner, batch)
+    floor_s = flops / matmul_rate
+    return {
+        "device": device.type, "env": case.env, "variant": case.variant, "batch": case.batch_size,
+        "steps": case.info.episode_limit, "ours_ms": ours_s * 1e3, "reference_ms": ref_s * 1e3,
+        "speedup": ref_s / ours_s, "loss_ours": pairs[0][0], "loss_reference": pairs[0][1],
+        "loss_match": match, "gflop": flops / 1e9, "floor_ms": floor_s * 1e3, "floor_ratio": floor_s / ours_s,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# 1. Collection
+# --------------------------------------------------------------------------------------
+
+
+def random_episode(env: VectorEnv, seed: int, rng: np.random.Generator) -> int:
+    """One lockstep batch of episodes with uniformly random available actions; env steps taken."""
+    avail = env.reset(seed).avail
+    active = np.ones(env.n_envs, dtype=bool)
+    steps = 0
+    while active.any():
+        actions = (rng.random(avail.shape) * avail).argmax(-1)
+        out = env.step(actions, active)
+        steps += int(active.sum())
+        active &= ~(out.terminated | out.truncated)
+        avail = out.observation.avail
+    return steps
+
+
+def bench_collection(env: VectorEnv, seconds: float) -> tuple[float, float]:
+    """(raw random-action steps/s, runner steps/s) on ``env``, alternating episodes."""
+    info = env.info()
+    policy = WQMIXPolicy(info, LearnerConfig(), central=True)
+    runner = EpisodeRunner(env, Actor(policy, torch.device("cpu")))
+    buffer = EpisodeBuffer(info, capacity=1000)
+    rng = np.random.default_rng(0)
+
+    def run_ours(seed: int) -> int:
+        episodes = runner.run(COLLECTION_EPSILON, seed)
+        buffer.add(episodes.batch, episodes.lengths)
+        return episodes.steps
+
+    run_ours(0)
+    random_episode(env, 0, rng)
+    totals = {"raw": [0, 0.0], "ours": [0, 0.0]}
+    seed = 1
+    while totals["raw"][1] + totals["ours"][1] < 2 * seconds:
+        for name, fn in (("raw", lambda s: random_episode(env, s, rng)), ("ours", run_ours)):
+            start = time.perf_counter()
+            totals[name][0] += fn(seed)
+            totals[name][1] += time.perf_counter() - start
+        seed += env.n_envs
+    return totals["raw"][0] / totals["raw"][1], totals["ours"][0] / totals["ours"][1]
+
+
+# --------------------------------------------------------------------------------------
+# 3. End to end
+# --------------------------------------------------------------------------------------
+
+
+def bench_train(overrides: list[str], warm_steps: int) -> dict:
+    """Steady-state env steps/s of ``train`` with the default config plus ``overrides``.
+
+    The rate is the total over the logged ``perf/env_steps_per_s`` intervals that start at
+    or after ``warm_steps`` (the buffer holds a batch and the first evaluation is over).
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from wqmix_cli.cli import compose
+    from wqmix_cli.config import validate
+    from wqmix_cli.train import train
+
+    cfg = validate(compose(overrides))
+    with tempfile.TemporaryDirectory() as run_dir:
+        start = time.perf_counter()
+        code = train(cfg, Path(run_dir))
+        wall = time.perf_counter() - start
+        if code != 0:
+            raise RuntimeError(f"train exited with code {code}")
+        events = EventAccumulator(str(Path(run_dir) / "tb"))
+        events.Reload()
+        scalars = events.Scalars("perf/env_steps_per_s")
+    steps, seconds, previous = 0, 0.0, 0
+    for s in scalars:
+        if previous >= warm_steps:
+            steps += s.step - previous
+            seconds += (s.step - previous) / s.value
+        previous = s.step
+    if not steps:
+        raise RuntimeError(f"no logged interval starts after {warm_steps} env steps; raise t_max")
+    return {"steps_per_s": steps / seconds, "steady_steps": steps, "t_max": cfg.t_max, "wall_s": wall}
+
+
+# --------------------------------------------------------------------------------------
+# 4. Memory
+# --------------------------------------------------------------------------------------
+
+
+def naive_bytes_per_episode(info: EnvInfo) -> int:
+    """float32 obs and next obs, state and next state, one-hot actions, avail, reward,
+    terminated and mask, for every one of the T steps."""
+    t, n = info.episode_limit, info.n_agents
+    per_step = 2 * n * info.obs_dim + 2 * info.state_dim + 2 * n * info.n_actions + 3
+    return 4 * t * per_step
+
+
+def bench_memory(env: str, info: EnvInfo) -> dict:
+    # The layout is per episode, so a small buffer gives the same bytes per episode.
+    capacity = 100
+    ours = EpisodeBuffer(info, capacity).nbytes() / capacity
+    naive = naive_bytes_per_episode(info)
+    return {
+        "env": env, "ours_bytes_per_episode": ours, "naive_bytes_per_episode": naive,
+        "ours_mb_5000": ours * MEMORY_EPISODES / 2**20, "naive_mb_5000": naive * MEMORY_EPISODES / 2**20,
+        "ratio": ours / naive,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures and for how long."""
+
+    collection_s: float
+    mpe_envs: dict[int, tuple[int, ...]]  # workers -> env counts
+    smax_envs: tuple[int, ...]
+    learner_cases: tuple[LearnerCase, ...]
+    warmup: int
+    repeats: int
+    mpe_train_steps: int
+    smax_train_steps: int  # 0: skip SMAX end to end
+
+
+MPE32 = LearnerCase("mpe", MPE_INFO, 32)
+FULL = Plan(
+    collection_s=2.0,
+    mpe_envs={0: (1, 8, 16), 1: (1, 8, 16), 2: (8, 16)},
+    smax_envs=(1, 16, 64),
+    learner_cases=(MPE32, LearnerCase("mpe", MPE_INFO, 32, "qmix"), LearnerCase("smax_3m", SMAX_3M_INFO, 32),
+                   LearnerCase("mpe", MPE_INFO, 256)),
+    warmup=3, repeats=9, mpe_train_steps=8000, smax_train_steps=8000,
+)
+QUICK = Plan(
+    collection_s=0.8,
+    mpe_envs={0: (1, 8, 16), 1: (8,), 2: (8,)},
+    smax_envs=(16,),
+    learner_cases=(MPE32, LearnerCase("smax_3m", SMAX_3M_INFO, 32), LearnerCase("mpe", MPE_INFO, 256)),
+    warmup=2, repeats=5, mpe_train_steps=6000, smax_train_steps=0,
+)
+
+
+def print_table(title: str, rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """``columns``: (key, header, format spec)."""
+    print(f"\n{title}")
+    cells = [[h for _, h, _ in columns]] + [[format(r[k], f) for k, _, f in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for i, row in enumerate(cells):
+        print("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def smax_available() -> str | None:
+    """None if the SMAX env module loads and steps; else why not."""
+    try:
+        env = make_vector_env(SMAXConfig(n_envs=1))
+        env.close()
+    except Exception as err:  # a missing jaxmarl, or a broken module: either way, skip SMAX
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
+def run(plan: Plan, devices: list[torch.device]) -> dict:
+    result: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "load_avg_start": os.getloadavg(),
+            "cuda": torch.cuda.get_device_name() if any(d.type == "cuda" for d in devices) else None,
+        },
+        "notes": [],
+    }
+    started = time.perf_counter()
+
+    rates = {d.type: matmul_flops_per_s(d, 1.0) for d in devices}
+    result["matmul_gflop_per_s"] = {k: v / 1e9 for k, v in rates.items()}
+    learner_rows = [
+        bench_learner(case, device, plan.warmup, plan.repeats, rates[device.type])
+        for device in devices for case in plan.learner_cases
+    ]
+    result["learner"] = learner_rows
+    print_table(
+        f"Learner: one update, ours (sequence GRU) vs reference (per-step GRUCell); "
+        f"fp32 matmul {', '.join(f'{k} {v / 1e9:.1f}' for k, v in rates.items())} GFLOP/s",
+        learner_rows,
+        [("device", "device", "s"), ("env", "env", "s"), ("variant", "variant", "s"), ("batch", "B", "d"),
+         ("steps", "T", "d"), ("reference_ms", "reference ms", ".1f"), ("ours_ms", "ours ms", ".1f"),
+         ("speedup", "speedup", ".2f"), ("gflop", "GFLOP", ".2f"), ("floor_ms", "floor ms", ".1f"),
+         ("floor_ratio", "floor/ours", ".2f"), ("loss_match", "loss match", "")],
+    )
+    mismatched = [r for r in learner_rows if not r["loss_match"]]
+    assert not mismatched, f"reference and our update disagree on the loss: {mismatched}"
+
+    collection_rows = []
+    for workers, counts in plan.mpe_envs.items():
+        for n in counts:
+            env = make_vector_env(MPEConfig(n_envs=n, workers=workers))
+            try:
+                raw, ours = bench_collection(env, plan.collection_s)
+            finally:
+                env.close()
+            collection_rows.append({"env": "mpe", "n_envs": n, "workers": workers, "raw_steps_per_s": raw,
+                                    "runner_steps_per_s": ours, "ratio": ours / raw})
+    smax_problem = smax_available()
+    if smax_problem:
+        note = f"SMAX skipped (collection and end to end): {smax_problem}"
+        print(f"\n{note}")
+        result["notes"].append(note)
+    else:
+        for n in plan.smax_envs:
+            env = make_vector_env(SMAXConfig(n_envs=n))
+            raw, ours = bench_collection(env, plan.collection_s)
+            env.close()
+            collection_rows.append({"env": "smax_3m", "n_envs": n, "workers": 0, "raw_steps_per_s": raw,
+                                    "runner_steps_per_s": ours, "ratio": ours / raw})
+    result["collection"] = collection_rows
+    print_table(
+        f"Collection: runner + actor (epsilon {COLLECTION_EPSILON}) + buffer vs the env with random actions",
+        collection_rows,
+        [("env", "env", "s"), ("n_envs", "envs", "d"), ("workers", "workers", "d"),
+         ("raw_steps_per_s", "raw steps/s", ".0f"), ("runner_steps_per_s", "runner steps/s", ".0f"),
+         ("ratio", "runner/raw", ".2f")],
+    )
+
+    e2e_rows = [{"env": "mpe", **bench_train([f"t_max={plan.mpe_train_steps}"], warm_steps=2000)}]
+    if plan.smax_train_steps and not smax_problem:
+        e2e_rows.append({"env": "smax_3m", **bench_train(
+            ["env=smax", "env.map_name=3m", f"t_max={plan.smax_train_steps}"], warm_steps=2000)})
+    result["e2e"] = e2e_rows
+    print_table(
+        "End to end: train() with the default config, steady state (after the buffer holds a batch)",
+        e2e_rows,
+        [("env", "env", "s"), ("t_max", "t_max", "d"), ("steady_steps", "steady steps", "d"),
+         ("steps_per_s", "env steps/s", ".0f"), ("wall_s", "wall s", ".1f")],
+    )
+
+    memory_rows = [bench_memory("mpe", MPE_INFO), bench_memory("smax_3m", SMAX_3M_INFO)]
+    result["memory"] = memory_rows
+    print_table(
+        f"Replay memory: bytes per episode and MiB for {MEMORY_EPISODES} episodes (naive: float32 transitions)",
+        memory_rows,
+        [("env", "env", "s"), ("ours_bytes_per_episode", "ours B/ep", ".0f"),
+         ("naive_bytes_per_episode", "naive B/ep", ".0f"), ("ours_mb_5000", "ours MiB", ".1f"),
+         ("naive_mb_5000", "naive MiB", ".1f"), ("ratio", "ours/naive", ".3f")],
+    )
+
+    headline = next(r for r in learner_rows
+                    if r["device"] == "cpu" and r["env"] == "mpe" and r["batch"] == 32 and r["variant"] == "cwqmix")
+    collection8 = next(r for r in collection_rows if r["env"] == "mpe" and r["n_envs"] == 8 and r["workers"] == 0)
+    result.update(
+        learner_speedup=headline["speedup"],
+        loss_match=all(r["loss_match"] for r in learner_rows),
+        learner_floor_ratio=headline["floor_ratio"],
+        collection_ratio=collection8["ratio"],
+        buffer_memory_ratio=memory_rows[0]["ratio"],
+        e2e_env_steps_per_s=e2e_rows[0]["steps_per_s"],
+    )
+    result["machine"]["load_avg_end"] = os.getloadavg()
+    result["wall_s"] = time.perf_counter() - started
+    print("\nSummary: " + ", ".join(
+        f"{k} {result[k]:.3g}" if isinstance(result[k], float) else f"{k} {result[k]}"
+        for k in ("learner_speedup", "loss_match", "learner_floor_ratio", "collection_ratio",
+                  "buffer_memory_ratio", "e2e_env_steps_per_s")
+    ) + f"; {result['wall_s']:.0f} s")
+    return result
+
+
+def profile_update(top: int) -> None:
+    """Print the ops where one CW-QMIX update (MPE, batch 32, CPU) spends its time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    learner, _ = paired_learners(MPE_INFO, "cwqmix", torch.device("cpu"))
+    batch = random_batch(MPE_INFO, 32, torch.Generator().manual_seed(1))
+    for _ in range(3):
+        learner.update(batch)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            learner.update(batch)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cases and shorter timings (under 5 minutes)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the learner table on the GPU as well as on the CPU")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true",
+                        help="only print where one update spends its time (torch.profiler), then exit")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("benchmark: --device cuda but no CUDA device is visible; use --device cpu", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.profile:
+        profile_update(top=25)
+        return 0
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if args.device == "cuda" else [])
+    result = run(QUICK if args.quick else FULL, devices)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
