@@ -219,13 +219,13 @@ def paired_learners(
     torch.manual_seed(seed)
     policy = WQMIXPolicy(info, cfg, central=variant != "qmix").to(device)
     reference = ReferenceLearner(policy, cfg, variant, w=0.1)
-    return WQMIXLearner(policy, cfg, variant, 0.1, device), reference
+    return WQMIXLearner(policy, cfg, variant=variant, w=0.1, device=device), reference
 
 
 def compare_losses(ours: WQMIXLearner, reference: ReferenceLearner, batch: EpisodeBatch) -> list[tuple[float, float]]:
     """(our loss, reference loss) on two consecutive updates on ``batch``: the first checks
     the forward pass, the second that backward, clipping and the step agree as well."""
-    return [(ours.update(batch)["loss/total"], reference.update(batch)) for _ in range(2)]
+    return [(ours.update(batch)["loss"], reference.update(batch)) for _ in range(2)]
 
 
 # --------------------------------------------------------------------------------------

@@ -177,10 +177,11 @@ def test_update_returns_the_design_tags_and_finite_values():
     policy = small_policy()
     learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "owqmix", ALPHA, torch.device("cpu"))
     stats = learner.update(random_batch(SMALL_INFO, [4, 3, 5]))
-    assert set(stats) >= {"loss/total", "loss/qmix", "loss/central", "train/w_mean", "q/q_tot_mean",
-                          "q/target_mean", "train/grad_norm"}
+    assert set(stats) == {"loss", "loss_qmix", "loss_central", "w_mean", "predict_q", "target_q", "grad_norm",
+                          "learning_rate"}
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
-    assert ALPHA <= stats["train/w_mean"] <= 1.0
+    assert ALPHA <= stats["w_mean"] <= 1.0
+    assert stats["loss"] == pytest.approx(stats["loss_qmix"] + stats["loss_central"], rel=1e-6)
 
 
 def test_nan_loss_stops_with_a_message():

@@ -114,7 +114,8 @@ def test_2s3z_battles_end_by_elimination_or_limit(env2s3z):
     assert steps <= 100
     assert (out.terminated ^ out.truncated).all()
     alive = unit_alive(env2s3z)
-    np.testing.assert_array_equal(out.info["battle_won"], (~alive[:, 5:].any(-1) & alive[:, :5].any(-1)).astype(np.float32))
+    won = ~alive[:, 5:].any(-1) & alive[:, :5].any(-1)
+    np.testing.assert_array_equal(out.info["battle_won"], won.astype(np.float32))
 
 
 def test_random_episodes_end_within_the_limit(env3m):

@@ -142,7 +142,11 @@ def preflight(overrides: list[str], multirun: bool) -> str | None:
         if problem:
             return problem
         try:
-            validate(compose(job))
+            cfg = validate(compose(job))
+            if cfg.device == "cuda":
+                from wqmix_cli.train import resolve_device
+
+                resolve_device(cfg.device)
         except ConfigError as err:
             return str(err)
         except (HydraException, OmegaConfBaseException) as err:
@@ -150,10 +154,18 @@ def preflight(overrides: list[str], multirun: bool) -> str | None:
     return None
 
 
-_exit_code = 0
+EXIT_FILE_VAR = "WQMIX_EXIT_CODES"
 
 
 def _run_hydra_train(args: list[str]) -> int:
+    """Run Hydra's app; returns the worst exit code of its jobs.
+
+    Jobs may run in other processes (joblib, submitit, ray launchers), so each appends its
+    exit code to a file whose path the environment carries to them.
+    """
+    import os
+    import tempfile
+
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
@@ -165,7 +177,6 @@ def _run_hydra_train(args: list[str]) -> int:
         from wqmix_cli.envs.base import MissingDependency
         from wqmix_cli.train import train
 
-        global _exit_code
         try:
             code = train(validate(raw), Path(HydraConfig.get().runtime.output_dir))
         except (ConfigError, MissingDependency) as err:
@@ -173,14 +184,22 @@ def _run_hydra_train(args: list[str]) -> int:
         except (FloatingPointError, CheckpointError) as err:
             print(f"wqmix: {err}", file=sys.stderr)
             code = 1
-        _exit_code = max(_exit_code, code)
+        with open(os.environ[EXIT_FILE_VAR], "a") as fh:
+            fh.write(f"{code}\n")
         return code
 
-    global _exit_code
-    _exit_code = 0
-    sys.argv = ["wqmix train", *args]
-    task()
-    return _exit_code
+    with tempfile.NamedTemporaryFile("r", prefix="wqmix-exit-", suffix=".txt") as codes:
+        previous = os.environ.get(EXIT_FILE_VAR)
+        os.environ[EXIT_FILE_VAR] = codes.name
+        try:
+            sys.argv = ["wqmix train", *args]
+            task()
+        finally:
+            if previous is None:
+                os.environ.pop(EXIT_FILE_VAR, None)
+            else:
+                os.environ[EXIT_FILE_VAR] = previous
+        return max((int(line) for line in codes.read().split()), default=0)
 
 
 def train_command(args: list[str]) -> int:

@@ -99,6 +99,9 @@ class LearnerConfig:
     batch_size: int = 32
     buffer_size: int = 5000
     lr: float = 5e-4
+    lr_schedule: str = "constant"
+    lr_schedule_updates: int = 0
+    lr_min: float = 0.0
     optimizer: str = "rmsprop"
     optim_alpha: float = 0.99
     optim_eps: float = 1e-5
@@ -134,6 +137,7 @@ class Config:
     seed: int = 0
     t_max: int = 2_000_000
     device: str = "cpu"
+    threads: int = 0
     test_interval: int = 10_000
     test_episodes: int = 32
     log_interval: int = 2_000
@@ -264,6 +268,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"env.workers={env.workers} must be >= 0 (0 steps the envs in this process)")
     for key in ("t_max", "test_interval", "save_interval", "log_interval"):
         _positive(key, getattr(cfg, key))
+    if cfg.threads < 0:
+        raise ConfigError(f"threads={cfg.threads} must be >= 0 (0: half the CPU cores)")
     if cfg.test_episodes < 0:
         raise ConfigError(f"test_episodes={cfg.test_episodes} must be >= 0")
     _choices("device", cfg.device, ("cpu", "cuda", "auto"))
@@ -280,6 +286,11 @@ def _check_ranges(cfg: Config) -> None:
             "the batch is drawn from the buffer"
         )
     _choices("learner.optimizer", lr.optimizer, ("rmsprop", "adam"))
+    _choices("learner.lr_schedule", lr.lr_schedule, ("constant", "linear", "cosine"))
+    if lr.lr_schedule_updates < 0:
+        raise ConfigError(f"learner.lr_schedule_updates={lr.lr_schedule_updates} must be >= 0 (0: the whole run)")
+    if not 0 <= lr.lr_min <= lr.lr:
+        raise ConfigError(f"learner.lr_min={lr.lr_min} must be in [0, learner.lr={lr.lr}]")
     _choices("learner.target_update", lr.target_update, ("hard", "soft"))
     if not 0 < lr.tau <= 1:
         raise ConfigError(f"learner.tau={lr.tau} must be in (0, 1]")

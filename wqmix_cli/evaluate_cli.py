@@ -233,8 +233,10 @@ def format_table(summary: dict[str, Any]) -> str:
         rows.append(["win rate", _num(won["mean"]), f"[{_num(won['ci95'][0])}, {_num(won['ci95'][1])}]", "", "", ""])
         notes.append(f"win rate CI: {won['ci_method']}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
     return "\n".join(lines + ["; ".join(notes)])
 
 
@@ -302,8 +304,11 @@ def render_episode(policy: WQMIXPolicy, cfg: Config, device: torch.device, seed:
             ob = env.observe()
     finally:
         env.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, np.stack(frames), extension=".gif", duration=GIF_FRAME_MS, loop=0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(path, np.stack(frames), extension=".gif", duration=GIF_FRAME_MS, loop=0)
+    except OSError as err:
+        raise BadInput(f"gif={path}: cannot write it ({err.strerror or err})") from None
     return len(frames) - 1
 
 
@@ -347,8 +352,11 @@ def evaluate(opts: Options) -> int:
         print(line)
         return 0
     if opts.json is not None:
-        Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.json).write_text(line + "\n")
+        try:
+            Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(opts.json).write_text(line + "\n")
+        except OSError as err:
+            raise BadInput(f"json={opts.json}: cannot write it ({err.strerror or err})") from None
     print(f"{folder} (agent {cfg.agent.name}, env {cfg.env.name}, t_env {t_env}): "
           f"{opts.episodes} greedy episode{'s' if opts.episodes > 1 else ''}, seed {opts.seed}")
     print(format_table(record))

@@ -5,14 +5,19 @@ sequences ``[B, T+1, N, ...]`` at once.
 """
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from wqmix_cli.buffer import EpisodeBatch
-from wqmix_cli.config import LearnerConfig
+from wqmix_cli.config import AGENT_VARIANTS, Config, LearnerConfig
 from wqmix_cli.policy import WQMIXPolicy
+from wqmix_cli.samples import episode_batch_from_sample
 
 
 @dataclass
@@ -98,44 +103,141 @@ def make_optimizer(params: list[nn.Parameter], cfg: LearnerConfig) -> torch.opti
     return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
 
 
-class WQMIXLearner:
-    """Owns the optimiser and the target schedule; ``update`` takes one gradient step."""
+def make_lr_schedule(
+    optimizer: torch.optim.Optimizer, cfg: LearnerConfig, total_updates: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``learner.lr_schedule``: constant (None), or linear/cosine from ``lr`` to ``lr_min``
+    over ``total_updates`` updates, then flat."""
+    if cfg.lr_schedule == "constant":
+        return None
+    floor = cfg.lr_min / cfg.lr
 
-    def __init__(self, policy: WQMIXPolicy, cfg: LearnerConfig, variant: str, w: float, device: torch.device) -> None:
-        self.policy, self.cfg, self.variant, self.w, self.device = policy, cfg, variant, w, device
-        self.optimizer = make_optimizer(policy.trained_parameters(), cfg)
+    def factor(step: int) -> float:
+        progress = min(step / max(total_updates, 1), 1.0)
+        shape = 1.0 - progress if cfg.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * shape
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class WQMIXLearner:
+    """Weighted QMIX (or QMIX) updates on a policy: the optimiser, LR schedule and targets.
+
+    ``update(sample)`` takes an ``EpisodeBatch`` or a dict of arrays/tensors (episode or
+    transition batches: see ``wqmix_cli.samples``) and returns ``learning_rate``,
+    ``loss_qmix``, ``loss_central``, ``loss``, ``predict_q`` (mean Q_tot), ``target_q``,
+    ``w_mean`` and ``grad_norm``. ``variant`` is ``cwqmix`` | ``owqmix`` | ``qmix``;
+    ``w`` the weight alpha. ``gamma`` and ``sync_frequency`` (updates between hard target
+    copies) default to ``cfg.gamma`` and ``cfg.target_update_interval``; an optimiser and
+    scheduler may be supplied, else they are built from ``cfg``.
+    """
+
+    def __init__(
+        self,
+        policy: WQMIXPolicy,
+        cfg: LearnerConfig,
+        variant: str = "cwqmix",
+        w: float = 0.1,
+        device: torch.device | str = "cpu",
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        model_dir: str | Path | None = None,
+        gamma: float | None = None,
+        sync_frequency: int | None = None,
+    ) -> None:
+        if variant not in AGENT_VARIANTS:
+            raise ValueError(f"variant {variant!r} is not known; allowed: {', '.join(AGENT_VARIANTS)}")
+        if policy.central != (variant != "qmix"):
+            raise ValueError(f"variant {variant!r} needs a policy built with central={variant != 'qmix'}")
+        self.policy, self.cfg, self.variant, self.w = policy, cfg, variant, w
+        self.device = torch.device(device)
+        self.gamma = cfg.gamma if gamma is None else gamma
+        self.sync_frequency = cfg.target_update_interval if sync_frequency is None else sync_frequency
+        self.optimizer = optimizer or make_optimizer(policy.trained_parameters(), cfg)
+        self.scheduler = scheduler
+        self.model_dir = Path(model_dir) if model_dir is not None else None
         self.updates = 0
 
-    def update(self, batch: EpisodeBatch) -> dict[str, float]:
-        """One gradient step on B episodes; returns the logged scalars by TensorBoard tag."""
-        parts = wqmix_loss(
-            self.policy, batch.to(self.device), self.variant, self.w, self.cfg.gamma, self.cfg.central_loss_weight
-        )
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        policy: WQMIXPolicy,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        device: torch.device | str = "cpu",
+        model_dir: str | Path | None = None,
+        gamma: float | None = None,
+        sync_frequency: int | None = None,
+    ) -> "WQMIXLearner":
+        """The learner for a whole run ``Config`` (variant and alpha from ``config.agent``)."""
+        return cls(policy, config.learner, config.agent.name, config.agent.w, device, optimizer, scheduler,
+                   model_dir, gamma, sync_frequency)
+
+    def update(self, sample: EpisodeBatch | Mapping) -> dict[str, float]:
+        """One gradient step on a batch of episodes (or transitions, as one-step episodes)."""
+        batch = sample if isinstance(sample, EpisodeBatch) else episode_batch_from_sample(sample, self.policy.info)
+        parts = wqmix_loss(self.policy, batch.to(self.device), self.variant, self.w, self.gamma,
+                           self.cfg.central_loss_weight)
         if not torch.isfinite(parts.total):
             raise FloatingPointError(f"the loss became {parts.total.item()} at update {self.updates + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.policy.trained_parameters(), self.cfg.grad_clip)
+        learning_rate = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.updates += 1
         if self.cfg.target_update == "soft":
             self.policy.sync_targets(self.cfg.tau)
-        elif self.updates % self.cfg.target_update_interval == 0:
+        elif self.updates % self.sync_frequency == 0:
             self.policy.sync_targets()
         return {
-            "loss/total": parts.total.item(),
-            "loss/qmix": parts.qmix.item(),
-            "loss/central": parts.central.item(),
-            "train/w_mean": parts.w_mean.item(),
-            "q/q_tot_mean": parts.q_tot_mean.item(),
-            "q/target_mean": parts.target_mean.item(),
-            "train/grad_norm": grad_norm.item(),
-            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "loss": parts.total.item(),
+            "loss_qmix": parts.qmix.item(),
+            "loss_central": parts.central.item(),
+            "w_mean": parts.w_mean.item(),
+            "predict_q": parts.q_tot_mean.item(),
+            "target_q": parts.target_mean.item(),
+            "grad_norm": grad_norm.item(),
+            "learning_rate": learning_rate,
         }
 
+    update_recurrent = update
+
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "updates": self.updates}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "updates": self.updates,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.updates = state["updates"]
+
+    def _path(self, path: str | Path | None) -> Path:
+        if path is not None:
+            return Path(path)
+        if self.model_dir is None:
+            raise ValueError("no path given and the learner has no model_dir")
+        return self.model_dir / "learner.pt"
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the networks, targets, optimiser, schedule and counter to ``path``
+        (default ``model_dir/learner.pt``); written to a temporary file, then renamed."""
+        target = self._path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        torch.save({"policy": self.policy.state_dict(), "learner": self.state_dict()}, tmp)
+        os.replace(tmp, target)
+        return target
+
+    def load(self, path: str | Path | None = None) -> None:
+        """Restore what ``save`` wrote."""
+        state = torch.load(self._path(path), map_location=self.device, weights_only=False)
+        self.policy.load_state_dict(state["policy"])
+        self.load_state_dict(state["learner"])

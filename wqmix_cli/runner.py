@@ -1,6 +1,7 @@
 """Collects whole episodes from a batch of envs with the actor."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,7 +9,9 @@ import torch
 
 from wqmix_cli.actor import Actor
 from wqmix_cli.buffer import EpisodeBatch
-from wqmix_cli.envs.base import VectorEnv
+from wqmix_cli.envs.base import EpisodeRestart, VectorEnv
+
+log = logging.getLogger("wqmix")
 
 
 @dataclass
@@ -32,8 +35,18 @@ class EpisodeRunner:
     def __init__(self, env: VectorEnv, actor: Actor) -> None:
         self.env, self.actor = env, actor
         self.info = env.info()
+        self.restarts = 0
 
     def run(self, epsilon: float, seed: int) -> Episodes:
+        """E episodes; when a simulator had to be restarted mid-episode, all E are redone."""
+        while True:
+            try:
+                return self._run(epsilon, seed)
+            except EpisodeRestart as err:
+                self.restarts += 1
+                log.warning("simulator restarted (%d so far), redoing the episodes: %s", self.restarts, err)
+
+    def _run(self, epsilon: float, seed: int) -> Episodes:
         info, e = self.info, self.env.n_envs
         t_max, n = info.episode_limit, info.n_agents
         obs = np.zeros((e, t_max + 1, n, info.obs_dim), dtype=np.float32)

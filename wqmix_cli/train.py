@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import signal
 from dataclasses import dataclass
@@ -17,12 +18,17 @@ from wqmix_cli.checkpoint import CheckpointError, latest_checkpoint, load_checkp
 from wqmix_cli.config import Config, ConfigError
 from wqmix_cli.envs import make_vector_env
 from wqmix_cli.evaluate import run_greedy, summarise
-from wqmix_cli.learner import WQMIXLearner
+from wqmix_cli.learner import WQMIXLearner, make_lr_schedule
 from wqmix_cli.logger import RunLogger
 from wqmix_cli.policy import WQMIXPolicy
 from wqmix_cli.runner import EpisodeRunner
 
 log = logging.getLogger("wqmix")
+LOG_TAGS = {
+    "loss": "loss/total", "loss_qmix": "loss/qmix", "loss_central": "loss/central", "w_mean": "train/w_mean",
+    "predict_q": "q/q_tot_mean", "target_q": "q/target_mean", "grad_norm": "train/grad_norm",
+    "learning_rate": "train/lr",
+}
 TEST_SEED_OFFSET = 1 << 30
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -87,11 +93,15 @@ class StopSignal:
 def train(cfg: Config, run_dir: Path) -> int:
     """Train one run in ``run_dir``; returns the process exit code."""
     device = resolve_device(cfg.device)
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) // 2))
     seed_everything(cfg.seed, cfg.deterministic)
     env = make_vector_env(cfg.env)
     info = env.info()
     policy = WQMIXPolicy(info, cfg.learner, central=cfg.agent.name != "qmix").to(device)
-    learner = WQMIXLearner(policy, cfg.learner, cfg.agent.name, cfg.agent.w, device)
+    learner = WQMIXLearner.from_config(cfg, policy, device=device)
+    expected_updates = cfg.t_max / info.episode_limit * cfg.learner.updates_per_episode
+    learner.scheduler = make_lr_schedule(learner.optimizer, cfg.learner,
+                                         cfg.learner.lr_schedule_updates or int(expected_updates))
     buffer = EpisodeBuffer(info, cfg.learner.buffer_size, seed=cfg.seed)
     actor = Actor(policy, device, seed=cfg.seed)
     runner = EpisodeRunner(env, actor)
@@ -135,7 +145,8 @@ def train(cfg: Config, run_dir: Path) -> int:
                 if buffer.can_sample(cfg.learner.batch_size):
                     counters.update_credit += env.n_envs * cfg.learner.updates_per_episode
                     while counters.update_credit >= 1:
-                        stats = learner.update(buffer.sample(cfg.learner.batch_size))
+                        update = learner.update(buffer.sample(cfg.learner.batch_size))
+                        stats = {LOG_TAGS[k]: v for k, v in update.items()}
                         counters.update_credit -= 1
 
                 if counters.last_test is None or counters.t_env - counters.last_test >= cfg.test_interval:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from wqmix_cli.config import SMACConfig
-from wqmix_cli.envs.base import EnvInfo, Observation
+from wqmix_cli.envs.base import EnvInfo, EpisodeRestart, MissingDependency, Observation
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,6 @@ INSTALL_HINT = (
 )
 
 _T = TypeVar("_T")
-
-
-class MissingDependency(RuntimeError):
-    """smacv2 / smac or StarCraft II is not installed; the message is one line."""
-
-
-class EpisodeRestart(RuntimeError):
-    """StarCraft II failed mid-episode; the env was rebuilt and the episode must be redone."""
 
 
 def _default_sc2_path() -> str:
@@ -53,11 +45,15 @@ def _check_starcraft() -> None:
     path = os.environ.get("SC2PATH")
     if path:
         if not os.path.isdir(os.path.expanduser(path)):
-            raise MissingDependency(f"StarCraft II not found: SC2PATH={path} is not a folder; {INSTALL_HINT}")
+            raise MissingDependency(
+                f"StarCraft II not found: SC2PATH={path} is not a folder; {INSTALL_HINT}"
+            )
         return
     default = _default_sc2_path()
     if not os.path.isdir(os.path.expanduser(default)):
-        raise MissingDependency(f"StarCraft II not found: SC2PATH is unset and {default} does not exist; {INSTALL_HINT}")
+        raise MissingDependency(
+            f"StarCraft II not found: SC2PATH is unset and {default} does not exist; {INSTALL_HINT}"
+        )
 
 
 def _load_env_class(package: str, capability: bool) -> Callable[..., Any]:
@@ -73,7 +69,7 @@ def _load_env_class(package: str, capability: bool) -> Callable[..., Any]:
         try:
             module = importlib.import_module(f"{name}.env")
         except ImportError as err:
-            errors.append(str(err))
+            errors.append(" ".join(str(err).split()))  # the message stays one line
             continue
         if not capability:
             return module.StarCraft2Env
@@ -84,7 +80,9 @@ def _load_env_class(package: str, capability: bool) -> Callable[..., Any]:
                 f"env.capability_config needs smacv2's StarCraftCapabilityEnvWrapper, which the "
                 f"installed {name} package lacks; {INSTALL_HINT}"
             ) from None
-    raise MissingDependency(f"env=smac needs smacv2 (or smac), which cannot be imported ({'; '.join(errors)}); {INSTALL_HINT}")
+    raise MissingDependency(
+        f"env=smac needs smacv2 (or smac), which cannot be imported ({'; '.join(errors)}); {INSTALL_HINT}"
+    )
 
 
 class SMACEnv:
@@ -96,9 +94,9 @@ class SMACEnv:
     ``info["episode_limit"]``) and, when given, ``capability_config``. Tests pass a stand-in.
 
     Seeds: StarCraft2Env takes its seed at construction and hands it to the game when
-    StarCraft II launches (on the first reset). ``reset(seed)`` with a seed other than the
-    current game's rebuilds the env (so the game relaunches with it); ``reset()`` or the same
-    seed keeps the running game.
+    StarCraft II launches (on the first reset). The first ``reset(seed)`` rebuilds the env
+    with that seed; later seeds are ignored, since relaunching the game for every episode
+    would cost tens of seconds each: the game's own random stream carries on instead.
 
     Failures: any exception from the game during ``reset``/``step`` (or SMAC's own silent
     relaunch, a terminal step without ``battle_won`` in its info) closes the env, builds a
@@ -176,8 +174,8 @@ class SMACEnv:
         )
 
     def reset(self, seed: int | None = None) -> Observation:
-        """Start a battle; a new ``seed`` rebuilds the env first (see the class doc)."""
-        if seed is not None and seed != self._seed:
+        """Start a battle; the first ``seed`` rebuilds the env with it (see the class doc)."""
+        if seed is not None and self._seed is None:
             self._seed = int(seed)
             self._replace_env()
 

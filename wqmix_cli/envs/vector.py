@@ -60,17 +60,17 @@ class SyncVectorEnv:
 
 def _worker(conn: Connection, factories: list[EnvFactory]) -> None:
     envs = SyncVectorEnv(factories)
+    handlers = {"reset": lambda seed: envs.reset(seed), "step": lambda args: envs.step(*args),
+                "info": lambda _: envs.info()}
     try:
         while True:
             command, payload = conn.recv()
-            if command == "reset":
-                conn.send(envs.reset(payload))
-            elif command == "step":
-                conn.send(envs.step(*payload))
-            elif command == "info":
-                conn.send(envs.info())
-            else:
+            if command not in handlers:
                 break
+            try:
+                conn.send((True, handlers[command](payload)))
+            except Exception as err:  # handed to the parent, which raises it there
+                conn.send((False, err))
     except (EOFError, KeyboardInterrupt):
         pass
     finally:
@@ -101,7 +101,14 @@ class SubprocVectorEnv:
             self._conns.append(parent)
             self._procs.append(proc)
         self._conns[0].send(("info", None))
-        self._info: EnvInfo = self._conns[0].recv()
+        self._info: EnvInfo = self._receive(self._conns[0])
+
+    @staticmethod
+    def _receive(conn: Connection) -> Any:
+        ok, payload = conn.recv()
+        if not ok:
+            raise payload
+        return payload
 
     def info(self) -> EnvInfo:
         return self._info
@@ -109,14 +116,14 @@ class SubprocVectorEnv:
     def reset(self, seed: int) -> Observation:
         for w, conn in enumerate(self._conns):
             conn.send(("reset", seed + int(self._bounds[w])))
-        return _stack_batches([conn.recv() for conn in self._conns])
+        return _stack_batches([self._receive(conn) for conn in self._conns])
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> BatchStep:
         """actions ``[E, N]`` int, active ``[E]`` bool."""
         for w, conn in enumerate(self._conns):
             lo, hi = self._bounds[w], self._bounds[w + 1]
             conn.send(("step", (actions[lo:hi], active[lo:hi])))
-        parts: list[BatchStep] = [conn.recv() for conn in self._conns]
+        parts: list[BatchStep] = [self._receive(conn) for conn in self._conns]
         keys = {k for p in parts for k in p.info}
         info = {
             k: np.concatenate([p.info.get(k, np.zeros(len(p.reward), np.float32)) for p in parts])
