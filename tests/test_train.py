@@ -101,3 +101,13 @@ def test_config_defaults_in_conf_match_the_schema():
 
     cfg = validate(compose([]))
     assert dataclasses.asdict(cfg) == dataclasses.asdict(Config(env=MPEConfig()))
+
+
+@pytest.mark.slow
+def test_smax_run_logs_battle_won(tmp_path):
+    pytest.importorskip("jaxmarl")
+    overrides = ["env=smax", "env.n_envs=4", "t_max=400", "test_interval=200", "test_episodes=4",
+                 "log_interval=100", "learner.batch_size=4"]
+    assert main(["train", *overrides, f"hydra.run.dir={tmp_path}"]) == 0
+    won = [e.value for e in scalars(tmp_path).Scalars("test/battle_won_mean")]
+    assert len(won) >= 2 and all(0.0 <= v <= 1.0 for v in won)

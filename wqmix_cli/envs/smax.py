@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import sys
 from collections.abc import Iterator
 
@@ -15,6 +16,9 @@ import numpy as np
 
 from wqmix_cli.config import SMAXConfig
 from wqmix_cli.envs.base import BatchStep, EnvInfo, Observation
+
+# jax logs at INFO that it found no TPU; not news on a CPU or GPU machine.
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
