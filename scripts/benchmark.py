@@ -270,23 +270,23 @@ def time_alternating(
 
 
 def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
-    """Peak fp32 rate of an ``800x256 @ 256x256`` matmul: the fastest of many timed calls
-    (on a busy machine a slow call measures the neighbours, not the matmul)."""
+    """fp32 rate of an ``800x256 @ 256x256`` matmul, from the median of many timed calls
+    (a median, not a mean: on a busy machine a few calls measure the neighbours)."""
     m, k, n = MATMUL_SHAPE
     a = torch.randn(m, k, device=device)
     b = torch.randn(k, n, device=device)
     out = torch.empty(m, n, device=device)
     for _ in range(20):
         torch.mm(a, b, out=out)
-    best = math.inf
+    times = []
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    while time.perf_counter() < deadline or len(times) < 20:
         _sync(device)
         start = time.perf_counter()
         torch.mm(a, b, out=out)
         _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * m * k * n / best
+        times.append(time.perf_counter() - start)
+    return 2 * m * k * n / statistics.median(times)
 
 
 def update_flops(case: LearnerCase) -> int:
@@ -530,6 +530,9 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
         },
         "notes": [],
     }
+    machine = result["machine"]
+    print(f"wqmix benchmark: Python {machine['python']}, torch {machine['torch']} with {machine['torch_threads']} "
+          f"threads, {machine['cpus']} CPUs, load average {machine['load_avg_start'][0]:.1f}")
 
     rates = {d.type: matmul_flops_per_s(d, 1.0) for d in devices}
     flops = {case: update_flops(case) for case in plan.learner_cases}

@@ -117,6 +117,7 @@ def test_render_writes_a_gif_of_one_episode(mpe_run: Path, tmp_path: Path) -> No
         (["checkpoint=run", "--json"], "expected key=value"),
         (["checkpoint=run", "render=maybe"], "true or false"),
         (["checkpoint=run", "device=tpu"], "allowed: cpu, cuda, auto"),
+        (["checkpoint=run", "epsilon=2"], "epsilon=2 must be a number in [0, 1]"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,12 +9,12 @@ import numpy as np
 from wqmix_cli.runner import EpisodeRunner
 
 
-def run_greedy(runner: EpisodeRunner, n_episodes: int, seed: int) -> dict[str, np.ndarray]:
-    """``n_episodes`` greedy (epsilon 0) episodes -> ``returns [n]`` and, where the env
-    has battles, ``battle_won [n]``."""
+def run_greedy(runner: EpisodeRunner, n_episodes: int, seed: int, epsilon: float = 0.0) -> dict[str, np.ndarray]:
+    """``n_episodes`` greedy episodes (or epsilon-greedy: 1.0 is a uniformly random
+    baseline) -> ``returns [n]`` and, where the env has battles, ``battle_won [n]``."""
     returns, won = [], []
     for i in range(math.ceil(n_episodes / runner.env.n_envs)):
-        episodes = runner.run(epsilon=0.0, seed=seed + i * runner.env.n_envs)
+        episodes = runner.run(epsilon=epsilon, seed=seed + i * runner.env.n_envs)
         returns.append(episodes.returns)
         if episodes.battle_won is not None:
             won.append(episodes.battle_won)

@@ -46,6 +46,7 @@ USAGE = """usage: wqmix evaluate checkpoint=PATH [episodes=32] [render=false] [g
   render      true: also write a GIF of one greedy episode (to gif=PATH,
               default <run dir>/episode.gif)
   seed        episode k is reset with seed + k
+  epsilon     0: greedy (default); 1: uniformly random available actions (a baseline)
   device      cpu | cuda | auto
   json        write the results as one JSON line to PATH (-: print it instead of the table)
   env.KEY     change a setting of the run's env (e.g. env.n_envs=8)
@@ -56,6 +57,7 @@ OPTIONS: dict[str, Any] = {
     "render": False,
     "gif": None,
     "seed": 0,
+    "epsilon": 0.0,
     "device": "cpu",
     "json": None,
 }
@@ -74,6 +76,7 @@ class Options:
     render: bool
     gif: Path | None
     seed: int
+    epsilon: float
     device: str
     json: str | None
     env: dict[str, Any]
@@ -108,6 +111,9 @@ def parse_args(args: list[str]) -> Options:
         raise BadInput(f"episodes={values['episodes']} must be positive")
     if values["seed"] < 0:
         raise BadInput(f"seed={values['seed']} must be >= 0")
+    if isinstance(values["epsilon"], bool) or not isinstance(values["epsilon"], (int, float)) \
+            or not 0 <= values["epsilon"] <= 1:
+        raise BadInput(f"epsilon={values['epsilon']!r} must be a number in [0, 1]")
     if not isinstance(values["render"], bool):
         raise BadInput(f"render={values['render']!r} must be true or false")
     if values["device"] not in ("cpu", "cuda", "auto"):
@@ -118,6 +124,7 @@ def parse_args(args: list[str]) -> Options:
         render=values["render"],
         gif=Path(values["gif"]) if values["gif"] is not None else None,
         seed=values["seed"],
+        epsilon=float(values["epsilon"]),
         device=values["device"],
         json=values["json"],
         env=env,
@@ -328,7 +335,7 @@ def evaluate(opts: Options) -> int:
     try:
         _check_sizes(policy, env.info())
         runner = EpisodeRunner(env, Actor(policy, device, seed=opts.seed))
-        results = run_greedy(runner, opts.episodes, opts.seed)
+        results = run_greedy(runner, opts.episodes, opts.seed, epsilon=opts.epsilon)
     finally:
         env.close()
 
@@ -340,6 +347,7 @@ def evaluate(opts: Options) -> int:
         "env": cfg.env.name,
         "episodes": opts.episodes,
         "seed": opts.seed,
+        "epsilon": opts.epsilon,
         **summarise_results(results),
     }
     tables: dict[str, np.ndarray] = {}
@@ -358,7 +366,8 @@ def evaluate(opts: Options) -> int:
         except OSError as err:
             raise BadInput(f"json={opts.json}: cannot write it ({err.strerror or err})") from None
     print(f"{folder} (agent {cfg.agent.name}, env {cfg.env.name}, t_env {t_env}): "
-          f"{opts.episodes} greedy episode{'s' if opts.episodes > 1 else ''}, seed {opts.seed}")
+          f"{opts.episodes} {'greedy' if opts.epsilon == 0 else f'epsilon-{opts.epsilon:g}'} "
+          f"episode{'s' if opts.episodes > 1 else ''}, seed {opts.seed}")
     print(format_table(record))
     for name, label in (("q_tot", "Q_tot"), ("q_star", "Q*")):
         if name in tables and tables[name].ndim == 2:
