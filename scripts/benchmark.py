@@ -3,6 +3,8 @@
     python scripts/benchmark.py                 # the full run (about 10 minutes on 2 cores)
     python scripts/benchmark.py --quick         # fewer cases and shorter timings (under 5)
     python scripts/benchmark.py --json out.json --device cuda   # also the learner on the GPU
+    python scripts/benchmark.py --threads 1     # torch CPU threads (default: torch's choice)
+    python scripts/benchmark.py --profile       # only: the ops one update spends its time in
 
 1. Collection: env steps/s of ``EpisodeRunner`` + ``Actor`` + ``EpisodeBuffer.add`` over
    the same vector env stepped with random available actions (MPE simple_spread; SMAX 3m
@@ -13,8 +15,9 @@
    that hold our ``nn.GRU`` weights). Both start from the same weights and must give the
    same loss on the same batch (asserted). Also the update's compute floor: its FLOPs
    (``FlopCounterMode``) over the fp32 matmul rate measured here.
-3. End to end: steady-state env steps/s of ``train`` with the default config, read from
-   its ``perf/env_steps_per_s`` scalars once the buffer holds a batch.
+3. End to end: steady-state env steps/s of ``train`` with the default config (logging
+   every 500 steps, stopped after a time budget), read from its ``perf/env_steps_per_s``
+   scalars once the buffer holds a batch.
 4. Memory: replay bytes per episode against a naive float32 transition layout.
 
 The JSON's top level carries the headline figures (``learner_speedup``, ``loss_match``,
@@ -153,7 +156,8 @@ class ReferenceLearner:
         self.optimizer = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
 
     def loss(self, batch: EpisodeBatch) -> torch.Tensor:
-        b, t, n = batch.actions.shape
+        """The total loss (QMIX part plus central part) on B episodes."""
+        b, _, n = batch.actions.shape
         steps = step_inputs(batch.obs, batch.actions, self.n_actions)
         mask = batch.filled.float()
         not_done = 1.0 - batch.terminated.float()
@@ -271,22 +275,33 @@ def time_alternating(
 
 def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
     """fp32 rate of an ``800x256 @ 256x256`` matmul, from the median of many timed calls
-    (a median, not a mean: on a busy machine a few calls measure the neighbours)."""
+    (a median, not a mean: on a busy machine a few calls measure the neighbours).
+
+    On the CPU, the faster of one thread and torch's thread setting: with two threads on
+    two busy cores every call waits for the thread that lost its core, and a floor must
+    be what the machine can do.
+    """
     m, k, n = MATMUL_SHAPE
     a = torch.randn(m, k, device=device)
     b = torch.randn(k, n, device=device)
     out = torch.empty(m, n, device=device)
-    for _ in range(20):
-        torch.mm(a, b, out=out)
-    times = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 20:
-        _sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * m * k * n / statistics.median(times)
+    threads = torch.get_num_threads()
+    best = 0.0
+    for setting in sorted({1, threads}) if device.type == "cpu" else [threads]:
+        torch.set_num_threads(setting)
+        for _ in range(20):
+            torch.mm(a, b, out=out)
+        times = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(times) < 20:
+            _sync(device)
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        best = max(best, 2 * m * k * n / statistics.median(times))
+    torch.set_num_threads(threads)
+    return best
 
 
 def update_flops(case: LearnerCase) -> int:

@@ -165,13 +165,17 @@ def save_figure(summaries: dict[tuple[str, str], dict], payoff: np.ndarray, out:
             axes.imshow(table, cmap="RdBu", norm=norm)
             for i in range(size):
                 for j in range(size):
-                    axes.text(j, i, f"{table[i, j]:.1f}", ha="center", va="center", fontsize=9)
+                    dark = abs(float(norm(table[i, j])) - 0.5) > 0.3
+                    axes.text(j, i, f"{table[i, j]:.1f}", ha="center", va="center", fontsize=9,
+                              color="white" if dark else "black")
             if s is None:
                 axes.set_title("payoff", fontsize=10)
+            elif name == "q_tot":
+                axes.set_title(f"Q_tot, {data}\ngreedy (0,0) in {s['found']}/{s['n']} seeds", fontsize=9)
             else:
-                label = "Q_tot" if name == "q_tot" else "Q*"
-                axes.set_title(f"{label}, {data}\n(0,0) in {s['found']}/{s['n']} seeds", fontsize=9)
-    figure.suptitle(f"Matrix game: mean over seeds ({summaries[VARIANTS[0], 'uniform']['n']})", fontsize=12)
+                axes.set_title(f"Q*, {data}", fontsize=9)
+    n_seeds = summaries[VARIANTS[0], next(iter(DATA))]["n"]
+    figure.suptitle(f"Matrix game, alpha 0.1: learned tables, mean over {n_seeds} seeds", fontsize=12)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)

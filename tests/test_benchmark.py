@@ -14,11 +14,16 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 
 @pytest.fixture(scope="module")
 def bench():
+    """The script as a module; one torch thread (tiny ops gain nothing from two, and on a
+    busy machine they wait for each other)."""
     spec = importlib.util.spec_from_file_location("wqmix_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield module
+    torch.set_num_threads(threads)
     del sys.modules[spec.name]
 
 

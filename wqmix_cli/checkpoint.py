@@ -1,17 +1,24 @@
 """Checkpoints that are complete or absent: written to a hidden folder, then renamed.
 
 ``checkpoints/<t_env>/state.pt`` (networks, targets, optimiser, counters, RNG states),
-optionally ``buffer.pt``; ``checkpoints/latest`` is a text file naming the newest
+optionally ``buffer.pt.gz`` (the replay buffer, gzip level 1: padding and dead agents'
+zeros compress well); ``checkpoints/latest`` is a text file naming the newest
 complete one, replaced atomically after the folder is in place.
 """
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+BUFFER_FILE = "buffer.pt.gz"
 
 
 class CheckpointError(RuntimeError):
@@ -26,9 +33,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write(obj: Any, path: Path) -> None:
+def _write(obj: Any, path: Path, compress: bool = False) -> None:
     with open(path, "wb") as fh:
-        torch.save(obj, fh)
+        if compress:
+            raw = io.BytesIO()
+            torch.save(obj, raw)
+            fh.write(gzip.compress(raw.getbuffer(), compresslevel=1))
+        else:
+            torch.save(obj, fh)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -43,7 +55,7 @@ def save_checkpoint(root: Path, t_env: int, state: dict, buffer: dict | None = N
         tmp.mkdir()
         _write(state, tmp / "state.pt")
         if buffer is not None:
-            _write(buffer, tmp / "buffer.pt")
+            _write(buffer, tmp / BUFFER_FILE, compress=True)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -89,12 +101,11 @@ def load_checkpoint(folder: Path, with_buffer: bool = False) -> tuple[dict, dict
     """``(state, buffer or None)`` from a checkpoint folder."""
     try:
         state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-        buffer_file = folder / "buffer.pt"
-        buffer = (
-            torch.load(buffer_file, map_location="cpu", weights_only=False)
-            if with_buffer and buffer_file.is_file()
-            else None
-        )
-    except (OSError, RuntimeError, EOFError) as err:
+        buffer_file = folder / BUFFER_FILE
+        buffer = None
+        if with_buffer and buffer_file.is_file():
+            raw = io.BytesIO(gzip.decompress(buffer_file.read_bytes()))
+            buffer = torch.load(raw, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, gzip.BadGzipFile) as err:
         raise CheckpointError(f"could not read checkpoint {folder}: {err}".splitlines()[0]) from None
     return state, buffer

@@ -126,6 +126,17 @@ def resume_overrides(overrides: list[str]) -> list[str] | str:
     return old + new + [f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
 
 
+def unwritable(path: Path) -> bool:
+    """True when ``path`` cannot be created as a folder (its nearest existing ancestor is
+    not a writable folder)."""
+    import os
+
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    return probe.is_file() or not os.access(probe, os.W_OK)
+
+
 def preflight(overrides: list[str], multirun: bool) -> str | None:
     """Compose and validate every job; a one-line complaint, or None when all are fine."""
     from hydra.errors import HydraException
@@ -138,6 +149,10 @@ def preflight(overrides: list[str], multirun: bool) -> str | None:
     except HydraException as err:
         return f"cannot parse the overrides: {str(err).splitlines()[0]}"
     for job in jobs:
+        for override in job:
+            key, _, value = override.partition("=")
+            if key in ("hydra.run.dir", "hydra.sweep.dir") and "${" not in value and unwritable(Path(value)):
+                return f"{key}={value}: cannot write there (not a writable folder)"
         problem = check_override_keys(job)
         if problem:
             return problem
