@@ -21,4 +21,4 @@ bench:
 	$(PYTHON) scripts/benchmark.py
 
 lint:
-	$(PYTHON) -m ruff check wqmix_cli tests scripts
+	$(PYTHON) -m ruff check wqmix_cli tests scripts examples

@@ -42,7 +42,7 @@ def test_public_names_import_from_the_package_top_level():
     for name in ("WQMIXLearner", "WQMIXPolicy", "Config", "LearnerConfig", "EnvInfo", "Actor"):
         assert getattr(wqmix_cli, name).__name__ == name
     with pytest.raises(AttributeError):
-        wqmix_cli.NotAThing
+        wqmix_cli.__getattr__("NotAThing")
 
 
 def test_update_returns_the_documented_keys():

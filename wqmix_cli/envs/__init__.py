@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 from wqmix_cli.config import (
     EnvConfig,
