@@ -304,17 +304,6 @@ def matmul_flops_per_s(device: torch.device, seconds: float) -> float:
     return best
 
 
-def update_flops(case: LearnerCase) -> int:
-    """FLOPs of one update (forward and backward; the optimiser step has no matmuls),
-    counted on the CPU: the count is a property of the maths, and the GPU's fused GRU
-    kernel has no FLOP formula in ``FlopCounterMode``."""
-    learner, _ = paired_learners(case.info, case.variant, torch.device("cpu"))
-    batch = random_batch(case.info, case.batch_size, torch.Generator().manual_seed(1))
-    with FlopCounterMode(display=False) as counter:
-        learner.update(batch)
-    return counter.get_total_flops()
-
-
 # --------------------------------------------------------------------------------------
 # 2. Learner
 # --------------------------------------------------------------------------------------
@@ -326,6 +315,17 @@ class LearnerCase:
     info: EnvInfo
     batch_size: int
     variant: str = "cwqmix"
+
+
+def update_flops(case: LearnerCase) -> int:
+    """FLOPs of one update (forward and backward; the optimiser step has no matmuls),
+    counted on the CPU: the count is a property of the maths, and the GPU's fused GRU
+    kernel has no FLOP formula in ``FlopCounterMode``."""
+    learner, _ = paired_learners(case.info, case.variant, torch.device("cpu"))
+    batch = random_batch(case.info, case.batch_size, torch.Generator().manual_seed(1))
+    with FlopCounterMode(display=False) as counter:
+        learner.update(batch)
+    return counter.get_total_flops()
 
 
 def bench_learner(case: LearnerCase, device: torch.device, plan: Plan, flops: int, matmul_rate: float) -> dict:
