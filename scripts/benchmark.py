@@ -3,7 +3,7 @@
     python scripts/benchmark.py                 # the full run (about 10 minutes on 2 cores)
     python scripts/benchmark.py --quick         # fewer cases and shorter timings (under 5)
     python scripts/benchmark.py --json out.json --device cuda   # also the learner on the GPU
-    python scripts/benchmark.py --threads 1     # torch CPU threads (default: torch's choice)
+    python scripts/benchmark.py --threads 2     # torch CPU threads (default: train's, half the cores)
     python scripts/benchmark.py --profile       # only: the ops one update spends its time in
 
 1. Collection: env steps/s of ``EpisodeRunner`` + ``Actor`` + ``EpisodeBuffer.add`` over
@@ -59,6 +59,7 @@ from wqmix_cli.envs.base import EnvInfo, VectorEnv
 from wqmix_cli.learner import WQMIXLearner
 from wqmix_cli.policy import RNNAgent, WQMIXPolicy
 from wqmix_cli.runner import EpisodeRunner
+from wqmix_cli.train import default_threads
 
 MPE_INFO = EnvInfo(n_agents=3, obs_dim=18, state_dim=54, n_actions=5, episode_limit=25)
 SMAX_3M_INFO = EnvInfo(n_agents=3, obs_dim=75, state_dim=72, n_actions=8, episode_limit=100)
@@ -654,15 +655,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: the learner table on the GPU as well as on the CPU")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="torch CPU threads (default: what `wqmix train` uses, half the cores)")
     parser.add_argument("--profile", action="store_true",
                         help="only print where one update spends its time (torch.profiler)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmark: --device cuda, but no CUDA device is visible; use --device cpu", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.profile:
         profile_update(rows=25)
         return 0

@@ -52,6 +52,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_threads() -> int:
+    """Half the CPU cores: on 2 cores, two torch threads beside env stepping (or JAX's own
+    threads) wait on each other and run the small ops of an update several times slower."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -93,7 +99,7 @@ class StopSignal:
 def train(cfg: Config, run_dir: Path) -> int:
     """Train one run in ``run_dir``; returns the process exit code."""
     device = resolve_device(cfg.device)
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(cfg.threads or default_threads())
     seed_everything(cfg.seed, cfg.deterministic)
     env = make_vector_env(cfg.env)
     info = env.info()
