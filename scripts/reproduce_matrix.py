@@ -11,8 +11,9 @@ its greedy joint action are read out.
     python scripts/reproduce_matrix.py                  # 6 seeds, 3,000 episodes each
     python scripts/reproduce_matrix.py --quick          # 2 seeds, 1,000 episodes
 
-Prints each (variant, data) pair's tables (mean over seeds), greedy joint actions and how
-many seeds found (0, 0); saves the tables as heat maps (``--out``).
+Prints each (variant, data) pair's tables (the median over seeds, cell by cell: a seed
+that lands elsewhere does not blur it), greedy joint actions and how many seeds found
+(0, 0); saves the tables as heat maps (``--out``).
 """
 from __future__ import annotations
 
@@ -109,15 +110,16 @@ def format_table(table: np.ndarray) -> str:
 
 
 def summarise(results: list[RunResult], variant: str, data: str) -> dict:
-    """Mean tables ``[A, A]`` over a pair's seeds, the largest seed deviation from them,
-    the greedy joint actions by seed and how many are the optimum."""
+    """Median tables ``[A, A]`` over a pair's seeds (cell by cell), the farthest seed's
+    largest deviation from them, the greedy joint actions by seed and how many are the
+    optimum."""
     runs = sorted((r for r in results if r.variant == variant and r.data == data), key=lambda r: r.seed)
     out: dict = {"n": len(runs), "greedy": [r.greedy for r in runs]}
     out["found"] = sum(g == OPTIMUM for g in out["greedy"])
     for name in ("q_tot", "q_star"):
         if getattr(runs[0], name) is not None:
             stack = np.stack([getattr(r, name) for r in runs])  # [seeds, A, A]
-            out[name] = stack.mean(0)
+            out[name] = np.median(stack, axis=0)
             out[f"{name}_spread"] = float(np.abs(stack - out[name]).max())
     return out
 
@@ -128,7 +130,7 @@ def report(summaries: dict[tuple[str, str], dict]) -> None:
         print("greedy joint action by seed: " + " ".join(f"({a},{b})" for a, b in s["greedy"]))
         for name, label in (("q_tot", "Q_tot"), ("q_star", "Q*")):
             if name in s:
-                print(f"{label} (mean over {s['n']} seeds; any seed within {s[f'{name}_spread']:.2f} of it):")
+                print(f"{label} (median over {s['n']} seeds; every seed within {s[f'{name}_spread']:.2f} of it):")
                 print(format_table(s[name]))
     print("\nseeds whose greedy joint action is the optimum (0, 0):")
     print(f"{'variant':<8}" + "".join(f"{d:>16}" for d in DATA))
@@ -175,7 +177,7 @@ def save_figure(summaries: dict[tuple[str, str], dict], payoff: np.ndarray, out:
             else:
                 axes.set_title(f"Q*, {data}", fontsize=9)
     n_seeds = summaries[VARIANTS[0], next(iter(DATA))]["n"]
-    figure.suptitle(f"Matrix game, alpha 0.1: learned tables, mean over {n_seeds} seeds", fontsize=12)
+    figure.suptitle(f"Matrix game, alpha 0.1: learned tables, median over {n_seeds} seeds", fontsize=12)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=120)
@@ -202,7 +204,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    jobs = [(make_config(v, d, seed, args.episodes), d) for v in VARIANTS for d in DATA for seed in range(args.seeds)]
+    jobs = [(make_config(v, d, seed, args.episodes), d)
+            for v in VARIANTS for d in DATA for seed in range(args.seeds)]
     print(f"{len(jobs)} runs ({len(VARIANTS)} variants x {len(DATA)} kinds of data x {args.seeds} seeds), "
           f"{args.episodes} episodes each, {min(args.jobs, len(jobs))} at a time")
     start = time.perf_counter()

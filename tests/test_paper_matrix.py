@@ -52,23 +52,22 @@ PROJECTIONS = {"cwqmix": CW_PROJECTION, "owqmix": OW_PROJECTION}
 # Every other setting is the reference one (networks, gamma, clip, target interval 200).
 FAST = dict(optimizer="adam", lr=1e-3)
 UPDATES = 800
-# Over seeds 0-5 (feed-forward) and 0-2 (GRU), 800 updates leave every Q_tot cell within
-# 0.2 of its projection and every Q* cell within 0.2 of the payoff (measured). The
+# Over seeds 0-5 (feed-forward) and 0-2 (GRU), 800 updates left every Q_tot cell within
+# 0.23 of its projection and every Q* cell within 0.21 of the payoff (measured). The
 # competing answers differ by at least 2 in some cell (CW's -6 against QMIX's -8 or 0,
 # OW's -1.1 against CW's -6), so 0.5 tells them apart with room for platform noise.
 TOLERANCE = 0.5
-
-
 # The recurrent agent is checked on CW only, to keep this file within its time budget.
 TRAINED = [("cwqmix", False), ("cwqmix", True), ("owqmix", False)]
 TRAINED_IDS = ["cwqmix-mlp", "cwqmix-gru", "owqmix-mlp"]
+ALL_JOINT_ACTIONS = torch.tensor(list(itertools.product(range(N_ACTIONS), repeat=2)))  # [9, 2]
 
 
-def one_step_batch(actions: torch.Tensor, payoff: np.ndarray = PAYOFF) -> EpisodeBatch:
+def one_step_batch(actions: torch.Tensor) -> EpisodeBatch:
     """One-step matrix-game episodes for joint ``actions [B, 2]``: obs ``[B, 2, 2, 1]``
     ones, state ``[B, 2, 1]``, avail all True, reward the payoff cell, terminated."""
     b = actions.shape[0]
-    reward = torch.as_tensor(payoff, dtype=torch.float32)[actions[:, 0], actions[:, 1]]
+    reward = torch.as_tensor(PAYOFF, dtype=torch.float32)[actions[:, 0], actions[:, 1]]
     return EpisodeBatch(
         obs=torch.ones(b, 2, 2, 1),
         state=torch.ones(b, 2, 1),
@@ -78,9 +77,6 @@ def one_step_batch(actions: torch.Tensor, payoff: np.ndarray = PAYOFF) -> Episod
         terminated=torch.ones(b, 1, dtype=torch.bool),
         filled=torch.ones(b, 1, dtype=torch.bool),
     )
-
-
-ALL_JOINT_ACTIONS = torch.tensor(list(itertools.product(range(N_ACTIONS), repeat=2)))  # [9, 2]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -121,8 +117,11 @@ def greedy_joint_action(policy: WQMIXPolicy) -> tuple[int, int]:
     return tuple(int(u) for u in actor.act(ob.obs[None], ob.avail[None], 0.0)[0])
 
 
-def _value(agent: nn.Module, mixer: nn.Module, inputs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-    """Team value of joint ``actions [B, 2]`` at t=0: inputs ``[B, 1, 2, in]``, state ``[B, 1, 1]`` -> ``[B]``."""
+def _value(
+    agent: nn.Module, mixer: nn.Module, inputs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor
+) -> torch.Tensor:
+    """Team value of joint ``actions [B, 2]`` at t=0, from ``inputs [B, 1, 2, in]`` and
+    ``state [B, 1, 1]``: ``[B]``."""
     q = agent(inputs)[0][:, 0]  # [B, 2, A]
     return mixer(q.gather(-1, actions[..., None]).squeeze(-1)[:, None], state)[:, 0]
 
@@ -144,7 +143,9 @@ def hand_loss(policy: WQMIXPolicy, batch: EpisodeBatch, variant: str) -> dict[st
             q_star = _value(policy.central_agent, policy.central_mixer, inputs, taken, state)
             central = ((q_star - y) ** 2).mean()
             if variant == "cwqmix":
-                target_at_greedy = _value(policy.target_central_agent, policy.target_central_mixer, inputs, greedy, state)
+                target_at_greedy = _value(
+                    policy.target_central_agent, policy.target_central_mixer, inputs, greedy, state
+                )
                 full = (taken == greedy).all(-1) | (y > target_at_greedy)
             else:
                 full = q_tot < y
@@ -254,7 +255,9 @@ class FixedUtilities(nn.Module):
         super().__init__()
         self.q = nn.functional.one_hot(greedy, n_actions).float()  # [N, A]
 
-    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    def forward(
+        self, inputs: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t = inputs.shape[:2]
         return self.q.expand(b, t, *self.q.shape), hidden
 
@@ -313,7 +316,9 @@ def random_episodes(b: int, t: int, seed: int = 0) -> EpisodeBatch:
     )
 
 
-@pytest.mark.parametrize("batch", [one_step_batch(ALL_JOINT_ACTIONS), random_episodes(6, 4)], ids=["matrix", "multi-step"])
+@pytest.mark.parametrize(
+    "batch", [one_step_batch(ALL_JOINT_ACTIONS), random_episodes(6, 4)], ids=["matrix", "multi-step"]
+)
 def test_cw_runs_with_feed_forward_agents(batch: EpisodeBatch) -> None:
     """Bug: CW crashing in feed-forward mode."""
     policy = make_policy("cwqmix", recurrent=False)

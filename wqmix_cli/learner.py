@@ -48,6 +48,8 @@ def wqmix_loss(
     variant: ``cwqmix`` | ``owqmix`` | ``qmix``; w: the weight alpha given to the
     down-weighted transitions.
     """
+    if variant not in AGENT_VARIANTS:
+        raise ValueError(f"variant {variant!r} is not known; allowed: {', '.join(AGENT_VARIANTS)}")
     mask = batch.filled.float()  # [B, T]
     n_real = mask.sum()
     not_done = 1.0 - batch.terminated.float()
