@@ -6,7 +6,6 @@ from wqmix_cli.config import LearnerConfig
 from wqmix_cli.envs.base import EnvInfo
 from wqmix_cli.policy import WQMIXPolicy
 
-
 # As `wqmix train` does on this 2-core machine: two threads for tiny ops are slower.
 torch.set_num_threads(1)
 
