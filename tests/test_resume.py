@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from wqmix_cli.checkpoint import latest_checkpoint, load_checkpoint
@@ -93,3 +94,16 @@ def test_sigkill_while_saving_leaves_the_previous_checkpoint_as_latest(tmp_path)
     assert buffer is not None and buffer["size"] == state["counters"]["episodes"]
     assert main(["train", f"resume={tmp_path}", f"t_max={int(folder.name) + 100}", "save_interval=1000000"]) == 0
     assert int(latest_checkpoint(tmp_path).name) >= int(folder.name) + 100
+
+
+def test_nan_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    # lr=1e30 drives the networks to inf within a few updates.
+    code = main(["train", "t_max=2000", "save_interval=100", "test_episodes=0", "learner.batch_size=4",
+                 "learner.lr=1e30", "learner.grad_clip=1e30", f"hydra.run.dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "the loss became" in err and "t_env=" in err
+    folder = latest_checkpoint(tmp_path)
+    assert folder is not None and f"last good checkpoint is {folder}" in err
+    state, _ = load_checkpoint(folder)
+    assert all(torch.isfinite(v).all() for v in state["policy"].values())

@@ -178,8 +178,9 @@ def train(cfg: Config, run_dir: Path) -> int:
                 code = EXIT_SIGNAL[stop.received]
     except FloatingPointError as err:
         last = latest_checkpoint(run_dir / "checkpoints")
-        log.error("%s (t_env=%d); the last good checkpoint is %s", err, counters.t_env, last)
-        raise
+        message = f"{err} (t_env={counters.t_env}); the last good checkpoint is {last}"
+        log.error("%s", message)
+        raise FloatingPointError(message) from None
     except CheckpointError as err:
         log.error("%s", err)
         raise
