@@ -143,6 +143,8 @@ def preflight(overrides: list[str], multirun: bool) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from wqmix_cli.config import ConfigError, validate
+    from wqmix_cli.envs import check_env
+    from wqmix_cli.envs.base import MissingDependency
 
     try:
         jobs = expand_sweeps(overrides) if multirun else [overrides]
@@ -158,11 +160,12 @@ def preflight(overrides: list[str], multirun: bool) -> str | None:
             return problem
         try:
             cfg = validate(compose(job))
+            check_env(cfg.env)
             if cfg.device == "cuda":
                 from wqmix_cli.train import resolve_device
 
                 resolve_device(cfg.device)
-        except ConfigError as err:
+        except (ConfigError, MissingDependency) as err:
             return str(err)
         except (HydraException, OmegaConfBaseException) as err:
             return str(err).strip().splitlines()[0]

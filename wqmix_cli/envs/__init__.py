@@ -11,7 +11,28 @@ from wqmix_cli.config import (
     SMACConfig,
     SMAXConfig,
 )
-from wqmix_cli.envs.base import BatchStep, EnvInfo, MultiAgentEnv, Observation, VectorEnv
+from wqmix_cli.envs.base import BatchStep, EnvInfo, MissingDependency, MultiAgentEnv, Observation, VectorEnv
+
+
+def _smax_module():
+    try:
+        from wqmix_cli.envs import smax
+    except ImportError as err:
+        raise MissingDependency(
+            f"env=smax needs jaxmarl ({err.name or err} is missing): pip install -e '.[smax]'"
+        ) from None
+    return smax
+
+
+def check_env(cfg: EnvConfig) -> None:
+    """Checks that need the env's package (a SMAX map name); raises ConfigError or
+    MissingDependency with one line."""
+    if isinstance(cfg, SMAXConfig):
+        from wqmix_cli.config import ConfigError
+
+        maps = _smax_module().known_maps()
+        if cfg.map_name not in maps:
+            raise ConfigError(f"env.map_name={cfg.map_name!r} is not a SMAX map; allowed: {', '.join(maps)}")
 
 
 def make_env(cfg: EnvConfig, render_mode: str | None = None) -> MultiAgentEnv:
@@ -41,9 +62,7 @@ def make_vector_env(cfg: EnvConfig, n_envs: int | None = None) -> VectorEnv:
     if isinstance(cfg, SMAXConfig):
         from dataclasses import replace
 
-        from wqmix_cli.envs.smax import SMAXVectorEnv
-
-        return SMAXVectorEnv(replace(cfg, n_envs=n))
+        return _smax_module().SMAXVectorEnv(replace(cfg, n_envs=n))
     from wqmix_cli.envs.vector import make_vector
 
     return make_vector([partial(make_env, cfg) for _ in range(n)], cfg.workers)
@@ -55,6 +74,7 @@ __all__ = [
     "MultiAgentEnv",
     "Observation",
     "VectorEnv",
+    "check_env",
     "make_env",
     "make_vector_env",
 ]
