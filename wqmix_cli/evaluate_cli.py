@@ -25,16 +25,16 @@ import yaml
 
 from wqmix_cli.actor import Actor
 from wqmix_cli.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from wqmix_cli.cli import EXIT_BAD_INPUT
 from wqmix_cli.config import Config, ConfigError, MatrixConfig, validate
 from wqmix_cli.envs import make_env, make_vector_env
 from wqmix_cli.envs.base import EnvInfo, MissingDependency, MultiAgentEnv, Observation
 from wqmix_cli.evaluate import run_greedy
 from wqmix_cli.policy import WQMIXPolicy
 from wqmix_cli.runner import EpisodeRunner
+from wqmix_cli.stats import bootstrap_ci
 from wqmix_cli.train import resolve_device
 
-EXIT_BAD_INPUT = 2
-CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 Z_95 = 1.959963984540054  # the standard normal's 0.975 quantile
 GIF_FRAME_MS = 100
@@ -176,17 +176,6 @@ def _check_sizes(policy: WQMIXPolicy, env_info: EnvInfo) -> None:
         )
 
 
-def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean (fixed-seed resamples)."""
-    rng = np.random.default_rng(seed)
-    n = len(values)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=N_RESAMPLES)
-    means = counts @ values / n
-    tail = (1.0 - CONFIDENCE) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
 def wilson_ci(wins: float, n: int) -> tuple[float, float]:
     """95% Wilson score interval of a win rate (sensible at 0 and 1 wins, unlike the bootstrap)."""
     p = wins / n
@@ -202,11 +191,11 @@ def summarise_results(results: dict[str, np.ndarray]) -> dict[str, Any]:
     """
     returns = results["returns"].astype(np.float64)
     n = len(returns)
-    ci = bootstrap_ci(returns) if n > 1 else None
+    ci = [float(x[0]) for x in bootstrap_ci(returns[:, None], n_resamples=N_RESAMPLES)] if n > 1 else None
     out: dict[str, Any] = {
         "return": {
             "mean": float(returns.mean()),
-            "ci95": list(ci) if ci else None,
+            "ci95": ci,
             "ci_method": f"percentile bootstrap, {N_RESAMPLES} resamples",
             "std": float(returns.std(ddof=1)) if n > 1 else None,
             "min": float(returns.min()),

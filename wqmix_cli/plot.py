@@ -34,14 +34,13 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
+from wqmix_cli.stats import bootstrap_ci
+
 PROG = "wqmix plot"
 # Keys that never define a group: seeds are what we average over, `resume` is a path.
 IGNORED_KEYS = ("seed", "resume")
 # Settings named in the default title when every run shares them.
 CONTEXT_KEYS = ("env.name", "env.map_name", "env.scenario", "agent.name")
-CONFIDENCE = 0.95
-N_RESAMPLES = 1000
-RNG_SEED = 0
 
 
 class PlotError(Exception):
@@ -245,28 +244,6 @@ def align(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     grid = grid[(grid >= start) & (grid <= stop)]
     values = np.stack([np.interp(grid, steps, vals) for steps, vals in curves])
     return grid, values
-
-
-def bootstrap_ci(
-    values: np.ndarray,
-    confidence: float = CONFIDENCE,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = RNG_SEED,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of the mean over seeds.
-
-    `values` is [seeds, steps]; returns (low, high), each [steps]. Seeds are resampled
-    with replacement, the same resamples for every step, from a fixed-seed generator.
-    """
-    n_seeds = values.shape[0]
-    rng = np.random.default_rng(seed)
-    # How often each seed is drawn in each resample: the resampled means are then one
-    # matrix product, without materialising [resamples, seeds, steps].
-    counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_resamples)
-    means = counts @ values / n_seeds
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail], axis=0)
-    return low, high
 
 
 def format_steps(x: float, _pos: int | None = None) -> str:
