@@ -7,6 +7,7 @@ complete one, replaced atomically after the folder is in place.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import os
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from wqmix_cli.envs.base import EnvInfo
 
 BUFFER_FILE = "buffer.pt.gz"
 
@@ -108,3 +111,11 @@ def load_checkpoint(folder: Path, with_buffer: bool = False) -> tuple[dict, dict
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, gzip.BadGzipFile) as err:
         raise CheckpointError(f"could not read checkpoint {folder}: {err}".splitlines()[0]) from None
     return state, buffer
+
+
+def env_size_mismatch(saved: EnvInfo, current: EnvInfo) -> str | None:
+    """A one-line description when a checkpoint's env sizes differ from this env's, else None."""
+    if saved == current:
+        return None
+    return (f"the checkpoint was made for env sizes {dataclasses.asdict(saved)}, "
+            f"but this env has {dataclasses.asdict(current)}")

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from wqmix_cli.actor import Actor
-from wqmix_cli.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from wqmix_cli.checkpoint import CheckpointError, env_size_mismatch, latest_checkpoint, load_checkpoint
 from wqmix_cli.cli import EXIT_BAD_INPUT
 from wqmix_cli.config import Config, ConfigError, MatrixConfig, validate
 from wqmix_cli.envs import make_env, make_vector_env
@@ -169,11 +169,9 @@ def build_policy(state: dict, cfg: Config, device: torch.device) -> WQMIXPolicy:
 
 
 def _check_sizes(policy: WQMIXPolicy, env_info: EnvInfo) -> None:
-    if env_info != policy.info:
-        raise BadInput(
-            f"the checkpoint was made for env sizes {dataclasses.asdict(policy.info)}, "
-            f"but this env has {dataclasses.asdict(env_info)}"
-        )
+    problem = env_size_mismatch(policy.info, env_info)
+    if problem:
+        raise BadInput(problem)
 
 
 def wilson_ci(wins: float, n: int) -> tuple[float, float]:

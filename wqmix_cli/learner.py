@@ -35,6 +35,12 @@ class LossParts:
     target_mean: torch.Tensor
 
 
+def check_variant(variant: str) -> None:
+    """Raise ValueError unless ``variant`` is cwqmix, owqmix or qmix."""
+    if variant not in AGENT_VARIANTS:
+        raise ValueError(f"variant {variant!r} is not known; allowed: {', '.join(AGENT_VARIANTS)}")
+
+
 def _pick(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """q ``[B, T, N, A]``, actions ``[B, T, N]`` -> ``[B, T, N]``."""
     return q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
@@ -48,8 +54,7 @@ def wqmix_loss(
     variant: ``cwqmix`` | ``owqmix`` | ``qmix``; w: the weight alpha given to the
     down-weighted transitions.
     """
-    if variant not in AGENT_VARIANTS:
-        raise ValueError(f"variant {variant!r} is not known; allowed: {', '.join(AGENT_VARIANTS)}")
+    check_variant(variant)
     mask = batch.filled.float()  # [B, T]
     n_real = mask.sum()
     not_done = 1.0 - batch.terminated.float()
@@ -147,8 +152,7 @@ class WQMIXLearner:
         gamma: float | None = None,
         sync_frequency: int | None = None,
     ) -> None:
-        if variant not in AGENT_VARIANTS:
-            raise ValueError(f"variant {variant!r} is not known; allowed: {', '.join(AGENT_VARIANTS)}")
+        check_variant(variant)
         if policy.central != (variant != "qmix"):
             raise ValueError(f"variant {variant!r} needs a policy built with central={variant != 'qmix'}")
         self.policy, self.cfg, self.variant, self.w = policy, cfg, variant, w

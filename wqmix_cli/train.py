@@ -14,9 +14,16 @@ import torch
 
 from wqmix_cli.actor import Actor, epsilon_at
 from wqmix_cli.buffer import EpisodeBuffer
-from wqmix_cli.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from wqmix_cli.checkpoint import (
+    CheckpointError,
+    env_size_mismatch,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from wqmix_cli.config import Config, ConfigError
 from wqmix_cli.envs import make_vector_env
+from wqmix_cli.envs.base import EnvInfo
 from wqmix_cli.evaluate import run_greedy, summarise
 from wqmix_cli.learner import WQMIXLearner, make_lr_schedule
 from wqmix_cli.logger import RunLogger
@@ -198,11 +205,9 @@ def resume(
     if folder is None:
         raise ConfigError(f"resume={path}: no complete checkpoint found there (expected RUN_DIR/checkpoints/<t_env>)")
     state, buf = load_checkpoint(folder, with_buffer=cfg.checkpoint.save_buffer)
-    if state["env_info"] != dataclasses.asdict(policy.info):
-        raise ConfigError(
-            f"resume={path}: the checkpoint was made for env sizes {state['env_info']}, "
-            f"but this env has {dataclasses.asdict(policy.info)}"
-        )
+    problem = env_size_mismatch(EnvInfo(**state["env_info"]), policy.info)
+    if problem:
+        raise ConfigError(f"resume={path}: {problem}")
     try:
         policy.load_state_dict(state["policy"])
     except RuntimeError as err:
