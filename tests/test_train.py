@@ -105,7 +105,7 @@ def test_config_defaults_in_conf_match_the_schema():
 
 @pytest.mark.slow
 def test_smax_run_logs_battle_won(tmp_path):
-    pytest.importorskip("jaxmarl")
+    pytest.importorskip("wqmix_cli.envs.smax")  # through its quiet import: jaxmarl resets sys.stdout/stderr
     overrides = ["env=smax", "env.n_envs=4", "t_max=400", "test_interval=200", "test_episodes=4",
                  "log_interval=100", "learner.batch_size=4"]
     assert main(["train", *overrides, f"hydra.run.dir={tmp_path}"]) == 0
