@@ -11,9 +11,11 @@
    where jaxmarl works). Raw and runner episodes alternate, so a change in the machine's
    load hits both.
 2. Learner: one ``WQMIXLearner.update`` over ``ReferenceLearner.update``, the same loss
-   written the per-timestep way of pymarl (a Python loop over t calling ``nn.GRUCell``s
-   that hold our ``nn.GRU`` weights). Both start from the same weights and must give the
-   same loss on the same batch (asserted). Also the update's compute floor: its FLOPs
+   written the way pymarl's WQMIX learner computes it (a Python loop over t calling
+   ``nn.GRUCell``s that hold our weights; inputs built per step and network; four unrolls,
+   the target QMIX agent's unused; the target Q* mixer twice). Also over the same loops
+   doing only our work (``pymarl=False``). All start from the same weights and must give
+   the same loss on the same batch (asserted). Also the update's compute floor: its FLOPs
    (``FlopCounterMode``) over the fp32 matmul rate measured here.
 3. End to end: steady-state env steps/s of ``train`` with the default config (logging
    every 500 steps, stopped after a time budget), read from its ``perf/env_steps_per_s``
@@ -54,12 +56,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from wqmix_cli.actor import Actor
 from wqmix_cli.buffer import EpisodeBatch, EpisodeBuffer
 from wqmix_cli.config import LearnerConfig, MPEConfig, SMAXConfig
+from wqmix_cli.cpu import default_threads, keep_freed_memory
 from wqmix_cli.envs import make_vector_env
 from wqmix_cli.envs.base import EnvInfo, VectorEnv
 from wqmix_cli.learner import WQMIXLearner
 from wqmix_cli.policy import RNNAgent, WQMIXPolicy
 from wqmix_cli.runner import EpisodeRunner
-from wqmix_cli.train import default_threads
 
 MPE_INFO = EnvInfo(n_agents=3, obs_dim=18, state_dim=54, n_actions=5, episode_limit=25)
 SMAX_3M_INFO = EnvInfo(n_agents=3, obs_dim=75, state_dim=72, n_actions=8, episode_limit=100)
@@ -78,7 +80,8 @@ HEADLINE = ("learner_speedup", "loss_match", "learner_floor_ratio", "collection_
 
 
 class StepwiseAgent(nn.Module):
-    """``fc1 -> ReLU -> GRUCell -> fc2``, run one time step per call, as pymarl's agents are."""
+    """``fc1 -> ReLU -> GRUCell -> fc2``, one time step per call, holding a copy of an
+    ``RNNAgent``'s weights (the ``nn.GRU``'s become the cell's)."""
 
     def __init__(self, agent: RNNAgent) -> None:
         super().__init__()
@@ -92,32 +95,33 @@ class StepwiseAgent(nn.Module):
             self.cell.bias_ih.copy_(gru.bias_ih_l0)
             self.cell.bias_hh.copy_(gru.bias_hh_l0)
 
-    def unroll(self, steps: list[torch.Tensor], batch_size: int, n_agents: int) -> torch.Tensor:
-        """Per-step inputs ``[B*N, in]`` (a list of T) -> utilities ``[B, T, N, A]``."""
-        hidden = steps[0].new_zeros(batch_size * n_agents, self.cell.hidden_size)
-        outs = []
-        for x in steps:
-            hidden = self.cell(torch.relu(self.fc1(x)), hidden)
-            outs.append(self.fc2(hidden).view(batch_size, n_agents, -1))
-        return torch.stack(outs, dim=1)
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B*N, in]``, ``[B*N, H]`` -> utilities ``[B*N, A]``, next hidden."""
+        hidden = self.cell(torch.relu(self.fc1(x)), hidden)
+        return self.fc2(hidden), hidden
 
 
-def step_inputs(obs: torch.Tensor, actions: torch.Tensor, n_actions: int) -> list[torch.Tensor]:
-    """pymarl's per-step agent inputs (observation, one-hot last action, one-hot agent id).
+def step_inputs(batch: EpisodeBatch, actions_onehot: torch.Tensor, t: int) -> torch.Tensor:
+    """pymarl's inputs at step t: observation, one-hot last action (zeros at t=0), one-hot
+    agent id -> ``[B*N, O + A + N]``. pymarl builds them inside every network's loop."""
+    b, _, n, _ = batch.obs.shape
+    last = torch.zeros_like(actions_onehot[:, 0]) if t == 0 else actions_onehot[:, t - 1]
+    ids = torch.eye(n, device=batch.obs.device).unsqueeze(0).expand(b, -1, -1)
+    return torch.cat([x.reshape(b * n, -1) for x in (batch.obs[:, t], last, ids)], dim=1)
 
-    obs ``[B, T+1, N, O]``, actions ``[B, T, N]`` -> T+1 tensors ``[B*N, O + A + N]``.
-    Built once and shared by the networks (pymarl rebuilds them inside every network's
-    loop, so this reference is, if anything, faster than pymarl's).
-    """
-    b, t1, n, _ = obs.shape
-    ids = torch.eye(n, device=obs.device, dtype=obs.dtype).expand(b, n, n)
-    last = obs.new_zeros(b, n, n_actions)
-    steps = []
+
+def unroll(agent: StepwiseAgent, batch: EpisodeBatch, actions_onehot: torch.Tensor,
+           steps: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The Python loop over t: utilities ``[B, T+1, N, A]``; inputs from ``steps`` when given,
+    else rebuilt at every step."""
+    b, t1, n, _ = batch.obs.shape
+    hidden = batch.obs.new_zeros(b * n, agent.cell.hidden_size)
+    outs = []
     for t in range(t1):
-        steps.append(torch.cat([obs[:, t], last, ids], dim=-1).reshape(b * n, -1))
-        if t < t1 - 1:
-            last = F.one_hot(actions[:, t], n_actions).to(obs.dtype)
-    return steps
+        x = steps[t] if steps is not None else step_inputs(batch, actions_onehot, t)
+        q, hidden = agent(x, hidden)
+        outs.append(q.view(b, n, -1))
+    return torch.stack(outs, dim=1)
 
 
 def _pick(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -125,64 +129,88 @@ def _pick(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
 
 
 class ReferenceLearner:
-    """The WQMIX update written per time step, on its own copies of ``policy``'s weights.
+    """The WQMIX update written the way pymarl's learners are, on copies of ``policy``'s weights.
 
-    Same FLOPs as ``WQMIXLearner.update``: the online agent and the target (central) agent
-    run over T+1 steps, the online central agent over T; each mixer is applied once over
-    the stacked outputs. Then the same weighting, loss, backward, joint gradient-norm clip
-    and RMSprop step. Targets are held fixed (the timed updates never reach a copy).
-    Recurrent agents and the RMSprop optimiser only.
+    ``pymarl=True`` (the baseline): every network is a GRUCell looped over the T+1 steps and
+    builds its inputs at each step; the central variants also unroll the target copy of
+    the QMIX agent (pymarl's WQMIX learner computes it, its loss never reads it) and run the
+    target Q* mixer twice (for y, and again for CW's test). ``pymarl=False``: the same
+    per-step loops doing only our work (inputs built once, three unrolls, one target mixer
+    pass), to show what the Python loop alone costs. Either way: the same weighting, loss,
+    backward, joint gradient-norm clip and RMSprop step as ``WQMIXLearner``, targets held
+    fixed (the timed updates never reach a copy). Recurrent agents and RMSprop only.
     """
 
-    def __init__(self, policy: WQMIXPolicy, cfg: LearnerConfig, variant: str, w: float) -> None:
+    def __init__(self, policy: WQMIXPolicy, cfg: LearnerConfig, variant: str, w: float, pymarl: bool = True) -> None:
         if not isinstance(policy.agent, RNNAgent):
             raise ValueError("the reference update is written for recurrent (GRU) agents")
-        self.cfg, self.variant, self.w, self.central = cfg, variant, w, policy.central
+        self.cfg, self.variant, self.w, self.central, self.pymarl = cfg, variant, w, policy.central, pymarl
         self.n_actions = policy.info.n_actions
         self.agent = StepwiseAgent(policy.agent)
         self.mixer = copy.deepcopy(policy.mixer)
         online: list[nn.Module] = [self.agent, self.mixer]
+        targets: list[nn.Module] = []
         if self.central:
             self.central_agent = StepwiseAgent(policy.central_agent)
             self.central_mixer = copy.deepcopy(policy.central_mixer)
-            self.target_agent = StepwiseAgent(policy.target_central_agent)
-            self.target_mixer = copy.deepcopy(policy.target_central_mixer)
+            self.target_central_agent = StepwiseAgent(policy.target_central_agent)
+            self.target_central_mixer = copy.deepcopy(policy.target_central_mixer)
             online += [self.central_agent, self.central_mixer]
-        else:
-            self.target_agent = StepwiseAgent(policy.target_agent)
+            targets += [self.target_central_agent, self.target_central_mixer]
+        if not self.central or pymarl:
+            self.target_agent = StepwiseAgent(policy.target_agent if not self.central else policy.agent)
+            targets.append(self.target_agent)
+        if not self.central:
             self.target_mixer = copy.deepcopy(policy.target_mixer)
-        self.target_agent.requires_grad_(False)
-        self.target_mixer.requires_grad_(False)
+            targets.append(self.target_mixer)
+        for module in targets:
+            module.requires_grad_(False)
         self.params = [p for module in online for p in module.parameters()]
         self.optimizer = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
 
     def loss(self, batch: EpisodeBatch) -> torch.Tensor:
         """The total loss (QMIX part plus central part) on B episodes."""
-        b, _, n = batch.actions.shape
-        steps = step_inputs(batch.obs, batch.actions, self.n_actions)
+        actions_onehot = F.one_hot(batch.actions, self.n_actions).float()  # pymarl's buffer stores this
+        steps = None if self.pymarl else [step_inputs(batch, actions_onehot, t) for t in range(batch.obs.shape[1])]
         mask = batch.filled.float()
         not_done = 1.0 - batch.terminated.float()
 
-        q = self.agent.unroll(steps, b, n)  # [B, T+1, N, A]
+        q = unroll(self.agent, batch, actions_onehot, steps)  # [B, T+1, N, A]
         q_tot = self.mixer(_pick(q[:, :-1], batch.actions), batch.state[:, :-1])
         masked = q.detach().clone()
         masked[~batch.avail] = -9999999.0
         greedy = masked.argmax(dim=3)  # [B, T+1, N]
 
         with torch.no_grad():
-            q_target = self.target_agent.unroll(steps, b, n)
-            target_greedy = self.target_mixer(_pick(q_target, greedy), batch.state)  # [B, T+1]
-            y = batch.reward + self.cfg.gamma * not_done * target_greedy[:, 1:]
+            if not self.central or self.pymarl:
+                q_target = unroll(self.target_agent, batch, actions_onehot, steps)
+                q_target[~batch.avail] = -9999999.0
+                target_greedy = _pick(q_target, greedy)
+            if self.central:
+                q_c_target = unroll(self.target_central_agent, batch, actions_onehot, steps)
+                q_c_target[~batch.avail] = -9999999.0
+                picked = _pick(q_c_target, greedy)
+                if self.pymarl:
+                    y = batch.reward + self.cfg.gamma * not_done * self.target_central_mixer(
+                        picked[:, 1:], batch.state[:, 1:])
+                    q_star_greedy = self.target_central_mixer(picked[:, :-1], batch.state[:, :-1])
+                else:
+                    both = self.target_central_mixer(picked, batch.state)
+                    y = batch.reward + self.cfg.gamma * not_done * both[:, 1:]
+                    q_star_greedy = both[:, :-1]
+            else:
+                q_tot_next = self.target_mixer(target_greedy[:, 1:], batch.state[:, 1:])
+                y = batch.reward + self.cfg.gamma * not_done * q_tot_next
 
         weights = torch.ones_like(y)
         central_loss = torch.zeros((), device=y.device)
         if self.central:
-            q_c = self.central_agent.unroll(steps[:-1], b, n)
-            q_star = self.central_mixer(_pick(q_c, batch.actions), batch.state[:, :-1])
+            q_c = unroll(self.central_agent, batch, actions_onehot, steps)
+            q_star = self.central_mixer(_pick(q_c[:, :-1], batch.actions), batch.state[:, :-1])
             central_loss = (mask * (q_star - y) ** 2).sum() / mask.sum()
             if self.variant == "cwqmix":
                 took_greedy = (batch.actions == greedy[:, :-1]).all(dim=2)
-                full = took_greedy | (y > target_greedy[:, :-1])
+                full = took_greedy | (y > q_star_greedy)
             else:
                 full = q_tot.detach() < y
             weights = torch.where(full, torch.ones_like(y), torch.full_like(y, self.w))
@@ -224,13 +252,14 @@ def losses_match(a: float, b: float) -> bool:
 
 
 def paired_learners(
-    info: EnvInfo, variant: str, device: torch.device, cfg: LearnerConfig | None = None, seed: int = 0
+    info: EnvInfo, variant: str, device: torch.device, cfg: LearnerConfig | None = None, seed: int = 0,
+    pymarl: bool = True,
 ) -> tuple[WQMIXLearner, ReferenceLearner]:
     """Our learner and the reference, starting from the same weights."""
     cfg = cfg or LearnerConfig()
     torch.manual_seed(seed)
     policy = WQMIXPolicy(info, cfg, central=variant != "qmix").to(device)
-    reference = ReferenceLearner(policy, cfg, variant, w=0.1)
+    reference = ReferenceLearner(policy, cfg, variant, w=0.1, pymarl=pymarl)
     return WQMIXLearner(policy, cfg, variant=variant, w=0.1, device=device), reference
 
 
@@ -330,17 +359,22 @@ def update_flops(case: LearnerCase) -> int:
 
 
 def bench_learner(case: LearnerCase, device: torch.device, plan: Plan, flops: int, matmul_rate: float) -> dict:
+    """Ours, the pymarl-style reference and the same-work per-step loop, from the same
+    weights on the same batch, timed in turns."""
     learner, reference = paired_learners(case.info, case.variant, device)
+    _, same_work = paired_learners(case.info, case.variant, device, pymarl=False)
     batch = random_batch(case.info, case.batch_size, torch.Generator().manual_seed(1)).to(device)
     pairs = compare_losses(learner, reference, batch)
-    match = all(losses_match(a, b) for a, b in pairs)
-    ours_s, ref_s = time_alternating([lambda: learner.update(batch), lambda: reference.update(batch)],
-                                     plan.warmup, plan.repeats, plan.learner_budget_s, device)
+    match = all(losses_match(a, b) for a, b in pairs) and losses_match(pairs[0][1], same_work.update(batch))
+    ours_s, ref_s, same_s = time_alternating(
+        [lambda: learner.update(batch), lambda: reference.update(batch), lambda: same_work.update(batch)],
+        plan.warmup, plan.repeats, plan.learner_budget_s, device)
     floor_s = flops / matmul_rate
     return {
         "device": device.type, "env": case.env, "variant": case.variant, "batch": case.batch_size,
         "steps": case.info.episode_limit, "ours_ms": ours_s * 1e3, "reference_ms": ref_s * 1e3,
-        "speedup": ref_s / ours_s, "loss_ours": pairs[0][0], "loss_reference": pairs[0][1],
+        "same_work_ms": same_s * 1e3, "speedup": ref_s / ours_s, "speedup_same_work": same_s / ours_s,
+        "loss_ours": pairs[0][0], "loss_reference": pairs[0][1],
         "loss_match": match, "gflop": flops / 1e9, "floor_ms": floor_s * 1e3, "floor_ratio": floor_s / ours_s,
     }
 
@@ -557,13 +591,14 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
     result["matmul_gflop_per_s"] = {k: v / 1e9 for k, v in rates.items()}
     result["learner"] = learner_rows
     print_table(
-        "Learner: one update, ours (nn.GRU over the sequence) vs reference (nn.GRUCell per step); "
+        "Learner: one update, ours (whole sequences, stacked agents) vs the pymarl-style reference "
+        "(GRUCell per step, 4 unrolls) and the same-work per-step loop (3 unrolls); "
         f"fp32 {'x'.join(map(str, MATMUL_SHAPE))} matmul: "
         + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()),
         learner_rows,
         [("device", "device", "s"), ("env", "env", "s"), ("variant", "variant", "s"), ("batch", "B", "d"),
-         ("steps", "T", "d"), ("reference_ms", "reference ms", ".1f"), ("ours_ms", "ours ms", ".1f"),
-         ("speedup", "speedup", ".2f"), ("gflop", "GFLOP", ".2f"), ("floor_ms", "floor ms", ".1f"),
+         ("steps", "T", "d"), ("reference_ms", "reference ms", ".1f"), ("same_work_ms", "same-work ms", ".1f"),
+         ("ours_ms", "ours ms", ".1f"), ("speedup", "speedup", ".2f"), ("speedup_same_work", "vs same-work", ".2f"), ("gflop", "GFLOP", ".2f"), ("floor_ms", "floor ms", ".1f"),
          ("floor_ratio", "floor/ours", ".2f"), ("loss_match", "loss match", "")],
     )
     mismatched = [r for r in learner_rows if not r["loss_match"]]
@@ -620,6 +655,7 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
     collection8 = next(r for r in collection_rows if r["env"] == "mpe" and r["n_envs"] == 8 and r["workers"] == 0)
     result.update(
         learner_speedup=headline["speedup"],
+        learner_speedup_same_work=headline["speedup_same_work"],
         loss_match=all(r["loss_match"] for r in learner_rows),
         learner_floor_ratio=headline["floor_ratio"],
         collection_ratio=collection8["ratio"],
@@ -664,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmark: --device cuda, but no CUDA device is visible; use --device cpu", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     if args.profile:
         profile_update(rows=25)
         return 0

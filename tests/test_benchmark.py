@@ -27,10 +27,11 @@ def bench():
     del sys.modules[spec.name]
 
 
+@pytest.mark.parametrize("pymarl", [True, False])
 @pytest.mark.parametrize("variant", ["cwqmix", "owqmix", "qmix"])
-def test_reference_update_gives_our_loss(bench, variant: str) -> None:
+def test_reference_update_gives_our_loss(bench, variant: str, pymarl: bool) -> None:
     cfg = LearnerConfig(hidden_dim=16, mixer_embed_dim=8, hypernet_dim=16, central_mixer_dim=32)
-    ours, reference = bench.paired_learners(SMALL_INFO, variant, torch.device("cpu"), cfg)
+    ours, reference = bench.paired_learners(SMALL_INFO, variant, torch.device("cpu"), cfg, pymarl=pymarl)
     batch = random_batch(SMALL_INFO, lengths=[10, 7, 3, 10], seed=3)
     # Two updates: the second loss also depends on the gradients, the clip and the RMSprop step.
     pairs = bench.compare_losses(ours, reference, batch)
@@ -39,15 +40,26 @@ def test_reference_update_gives_our_loss(bench, variant: str) -> None:
     assert pairs[0][0] != pairs[1][0]
 
 
-def test_reference_agent_holds_the_gru_weights(bench) -> None:
+def test_pymarl_reference_unrolls_four_networks_for_the_central_variants(bench) -> None:
+    """pymarl's WQMIX learner also unrolls the target QMIX agent, which its loss never reads."""
+    policy = bench.WQMIXPolicy(SMALL_INFO, LearnerConfig(hidden_dim=8), central=True)
+    pymarl = bench.ReferenceLearner(policy, LearnerConfig(), "cwqmix", w=0.1, pymarl=True)
+    same_work = bench.ReferenceLearner(policy, LearnerConfig(), "cwqmix", w=0.1, pymarl=False)
+    count = lambda ref: sum(isinstance(m, bench.StepwiseAgent) for m in vars(ref).values())  # noqa: E731
+    assert (count(pymarl), count(same_work)) == (4, 3)
+
+
+def test_reference_agent_steps_through_our_agents_inputs_and_weights(bench) -> None:
+    """The per-step loop (inputs built at each t) gives the agent's whole-sequence output."""
     from wqmix_cli.policy import RNNAgent
 
-    agent = RNNAgent(input_dim=5, n_actions=3, hidden_dim=8)
-    inputs = torch.randn(2, 6, 4, 5)
-    expected, _ = agent(inputs)
-    stepwise = bench.StepwiseAgent(agent)
-    steps = [inputs[:, t].reshape(8, 5) for t in range(6)]
-    torch.testing.assert_close(stepwise.unroll(steps, batch_size=2, n_agents=4), expected)
+    agent = RNNAgent(SMALL_INFO.obs_dim + SMALL_INFO.n_actions + SMALL_INFO.n_agents, SMALL_INFO.n_actions, 8)
+    batch = random_batch(SMALL_INFO, lengths=[10, 7], seed=1)
+    last_actions = torch.cat([torch.full_like(batch.actions[:, :1], -1), batch.actions], dim=1)
+    policy = bench.WQMIXPolicy(SMALL_INFO, LearnerConfig(hidden_dim=8), central=False)
+    expected, _ = agent(policy.agent_inputs(batch.obs, last_actions))
+    onehot = torch.nn.functional.one_hot(batch.actions, SMALL_INFO.n_actions).float()
+    torch.testing.assert_close(bench.unroll(bench.StepwiseAgent(agent), batch, onehot), expected)
 
 
 def test_a_mismatch_is_caught(bench) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from wqmix_cli.buffer import EpisodeBatch
 from wqmix_cli.config import AGENT_VARIANTS, Config, LearnerConfig
 from wqmix_cli.policy import WQMIXPolicy
+from wqmix_cli.policy.gru import evaluate_agents
 from wqmix_cli.samples import episode_batch_from_sample
 
 
@@ -62,19 +63,20 @@ def wqmix_loss(
     last_actions = torch.cat([start, batch.actions], dim=1)  # [B, T+1, N]
     inputs = policy.agent_inputs(batch.obs, last_actions)  # [B, T+1, N, in]
 
-    q, _ = policy.agent(inputs)  # [B, T+1, N, A]
+    # The online and central agents read the same inputs: one stacked pass (policy.gru).
+    agents = [policy.agent, policy.central_agent] if policy.central else [policy.agent]
+    q, *central_q = evaluate_agents(agents, inputs)  # each [B, T+1, N, A]
     q_tot = policy.mixer(_pick(q[:, :-1], batch.actions), batch.state[:, :-1])  # [B, T]
     with torch.no_grad():
         greedy = q.detach().masked_fill(~batch.avail, -torch.inf).argmax(-1)  # [B, T+1, N]
 
     if policy.central:
         with torch.no_grad():
-            q_c_target, _ = policy.target_central_agent(inputs)
+            (q_c_target,) = evaluate_agents([policy.target_central_agent], inputs)
             # One target pass over all T+1 steps serves both y (at t+1) and the CW test (at t).
             q_star_greedy = policy.target_central_mixer(_pick(q_c_target, greedy), batch.state)  # [B, T+1]
             y = batch.reward + gamma * not_done * q_star_greedy[:, 1:]
-        q_c, _ = policy.central_agent(inputs[:, :-1])
-        q_star = policy.central_mixer(_pick(q_c, batch.actions), batch.state[:, :-1])  # [B, T]
+        q_star = policy.central_mixer(_pick(central_q[0][:, :-1], batch.actions), batch.state[:, :-1])  # [B, T]
         central_loss = (mask * (q_star - y) ** 2).sum() / n_real
         with torch.no_grad():
             if variant == "cwqmix":
@@ -85,7 +87,7 @@ def wqmix_loss(
             weights = torch.where(full, 1.0, w)
     else:
         with torch.no_grad():
-            q_target, _ = policy.target_agent(inputs)
+            (q_target,) = evaluate_agents([policy.target_agent], inputs)
             q_tot_next = policy.target_mixer(_pick(q_target, greedy), batch.state)[:, 1:]
             y = batch.reward + gamma * not_done * q_tot_next
             weights = torch.ones_like(y)

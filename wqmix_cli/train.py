@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
 import signal
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from wqmix_cli.checkpoint import (
     save_checkpoint,
 )
 from wqmix_cli.config import Config, ConfigError
+from wqmix_cli.cpu import default_threads, keep_freed_memory
 from wqmix_cli.envs import make_vector_env
 from wqmix_cli.envs.base import EnvInfo
 from wqmix_cli.evaluate import run_greedy, summarise
@@ -57,12 +57,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is visible; allowed here: cpu, auto")
     return torch.device(name)
-
-
-def default_threads() -> int:
-    """Half the CPU cores: on 2 cores, two torch threads beside env stepping (or JAX's own
-    threads) wait on each other and run the small ops of an update several times slower."""
-    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -107,6 +101,7 @@ def train(cfg: Config, run_dir: Path) -> int:
     """Train one run in ``run_dir``; returns the process exit code."""
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads or default_threads())
+    keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
     env = make_vector_env(cfg.env)
     info = env.info()
@@ -125,7 +120,7 @@ def train(cfg: Config, run_dir: Path) -> int:
         log.info("resumed from t_env=%d", counters.t_env)
         if not cfg.checkpoint.save_buffer:
             log.warning("resuming with an empty replay buffer (checkpoint.save_buffer=false)")
-    logger = RunLogger(run_dir, cfg.t_max, counters.t_env)
+    logger = RunLogger(run_dir, cfg.t_max, counters.t_env, trackers=cfg.logger, run_config=dataclasses.asdict(cfg))
     log.info("env %s: %s; agent %s on %s", cfg.env.name, info, cfg.agent.name, device)
 
     def checkpoint() -> None:
