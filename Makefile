@@ -6,7 +6,7 @@ PIP ?= $(PYTHON) -m pip
 # torch 2.13.0 first: on a CPU machine that takes the CPU wheel, not several GB of CUDA wheels.
 install:
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,smax,sweep]"
+	$(PIP) install -e ".[dev,smax,sweep,trackers]"
 
 test:
 	$(PYTHON) -m pytest -q

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -128,12 +129,28 @@ class CheckpointConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Experiment trackers beside TensorBoard, which always runs."""
+
+    wandb: bool = False
+    wandb_project: str = "wqmix"
+    wandb_mode: str = "offline"
+    mlflow: bool = False
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "wqmix"
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=MPEConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     epsilon: EpsilonConfig = field(default_factory=EpsilonConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     t_max: int = 2_000_000
     device: str = "cpu"
@@ -236,7 +253,19 @@ def validate(raw: DictConfig | dict) -> Config:
             + ", ".join(f.name for f in dataclasses.fields(Config))
         )
     _check_ranges(cfg)
+    _check_logger(cfg.logger)
     return cfg
+
+
+def _check_logger(trackers: LoggerConfig) -> None:
+    """The tracker settings are known and each enabled tracker's package imports."""
+    _choices("logger.wandb_mode", trackers.wandb_mode, WANDB_MODES)
+    for key in ("wandb_project", "mlflow_experiment"):
+        if not getattr(trackers, key).strip():
+            raise ConfigError(f"logger.{key} must not be empty")
+    for package in ("wandb", "mlflow"):
+        if getattr(trackers, package) and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"logger.{package}=true needs the {package} package: pip install -e '.[trackers]'")
 
 
 def _positive(name: str, value: float) -> None:
