@@ -111,3 +111,39 @@ def test_smax_run_logs_battle_won(tmp_path):
     assert main(["train", *overrides, f"hydra.run.dir={tmp_path}"]) == 0
     won = [e.value for e in scalars(tmp_path).Scalars("test/battle_won_mean")]
     assert len(won) >= 2 and all(0.0 <= v <= 1.0 for v in won)
+
+
+def test_learning_in_the_background_changes_nothing_but_the_speed(tmp_path):
+    """overlap=true runs the owed updates in a thread during collection; the weights and
+    every logged loss equal those of overlap=false."""
+    runs = {}
+    for overlap in ("true", "false"):
+        path = tmp_path / overlap
+        overrides = [*TINY, "test_interval=300", "env.n_envs=2", f"overlap={overlap}", f"hydra.run.dir={path}"]
+        assert main(["train", *overrides]) == 0
+        runs[overlap] = path
+    acc = {k: scalars(p) for k, p in runs.items()}
+    losses = {k: [(e.step, e.value) for e in a.Scalars("loss/total")] for k, a in acc.items()}
+    assert losses["true"] == losses["false"] and len(losses["true"]) >= 3
+    states = {k: load_checkpoint(latest_checkpoint(p))[0] for k, p in runs.items()}
+    assert states["true"]["learner"]["updates"] == states["false"]["learner"]["updates"] > 0
+    for name, weight in states["true"]["policy"].items():
+        torch.testing.assert_close(weight, states["false"]["policy"][name], rtol=0, atol=0)
+
+
+def test_the_actor_acts_with_the_weights_of_the_last_boundary():
+    """A frozen actor keeps its copy while the learner changes the policy, until sync()."""
+    from wqmix_cli.actor import Actor
+    from wqmix_cli.config import LearnerConfig
+    from wqmix_cli.envs.base import EnvInfo
+
+    info = EnvInfo(n_agents=2, obs_dim=3, state_dim=4, n_actions=3, episode_limit=5)
+    policy = WQMIXPolicy(info, LearnerConfig(hidden_dim=8), central=False)
+    actor = Actor(policy, torch.device("cpu"), frozen=True)
+    before = [p.clone() for p in actor.agent.parameters()]
+    with torch.no_grad():
+        for p in policy.agent.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(actor.agent.parameters(), before))
+    actor.sync()
+    assert all(torch.equal(a, b) for a, b in zip(actor.agent.parameters(), policy.agent.parameters()))

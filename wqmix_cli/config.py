@@ -161,6 +161,7 @@ class Config:
     save_interval: int = 100_000
     resume: str | None = None
     deterministic: bool = False
+    overlap: bool = True
 
 
 def _choices(name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import random
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def train(cfg: Config, run_dir: Path) -> int:
     learner.scheduler = make_lr_schedule(learner.optimizer, cfg.learner,
                                          cfg.learner.lr_schedule_updates or int(expected_updates))
     buffer = EpisodeBuffer(info, cfg.learner.buffer_size, seed=cfg.seed)
-    actor = Actor(policy, device, seed=cfg.seed)
+    actor = Actor(policy, device, seed=cfg.seed, frozen=True)
     runner = EpisodeRunner(env, actor)
     counters = Counters()
 
@@ -120,6 +121,7 @@ def train(cfg: Config, run_dir: Path) -> int:
         log.info("resumed from t_env=%d", counters.t_env)
         if not cfg.checkpoint.save_buffer:
             log.warning("resuming with an empty replay buffer (checkpoint.save_buffer=false)")
+    actor.sync()
     logger = RunLogger(run_dir, cfg.t_max, counters.t_env, trackers=cfg.logger, run_config=dataclasses.asdict(cfg))
     log.info("env %s: %s; agent %s on %s", cfg.env.name, info, cfg.agent.name, device)
 
@@ -137,25 +139,37 @@ def train(cfg: Config, run_dir: Path) -> int:
         save_checkpoint(run_dir / "checkpoints", counters.t_env, state, buf, cfg.checkpoint.keep)
         counters.last_save = counters.t_env
 
+    def learn(n_updates: int) -> dict[str, float]:
+        """``n_updates`` gradient steps on batches from the buffer; the last one's scalars."""
+        scalars = {}
+        for _ in range(n_updates):
+            update = learner.update(buffer.sample(cfg.learner.batch_size))
+            scalars = {LOG_TAGS[k]: v for k, v in update.items()}
+        return scalars
+
     returns = counters.pending_returns
     stats: dict[str, float] = {}
     code = 0
     try:
-        with StopSignal() as stop:
+        with StopSignal() as stop, ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner") as background:
             while counters.t_env < cfg.t_max and stop.received is None:
+                # The updates owed for the episodes stored so far; with overlap they run while the
+                # next episodes are collected. The actor acts with the weights of the last
+                # boundary either way, so overlap changes the speed, not the results.
+                owed = int(counters.update_credit) if buffer.can_sample(cfg.learner.batch_size) else 0
+                learning = background.submit(learn, owed) if cfg.overlap else None
                 epsilon = epsilon_at(cfg.epsilon, counters.t_env)
                 episodes = runner.run(epsilon, seed=cfg.seed * 1_000_003 + counters.episodes)
+                stats = (learning.result() if learning is not None else learn(owed)) or stats
+                counters.update_credit -= owed
+                actor.sync()
+
                 buffer.add(episodes.batch, episodes.lengths)
                 counters.t_env += episodes.steps
                 counters.episodes += env.n_envs
                 returns.extend(episodes.returns.tolist())
-
                 if buffer.can_sample(cfg.learner.batch_size):
                     counters.update_credit += env.n_envs * cfg.learner.updates_per_episode
-                    while counters.update_credit >= 1:
-                        update = learner.update(buffer.sample(cfg.learner.batch_size))
-                        stats = {LOG_TAGS[k]: v for k, v in update.items()}
-                        counters.update_credit -= 1
 
                 if counters.last_test is None or counters.t_env - counters.last_test >= cfg.test_interval:
                     counters.last_test = counters.t_env
