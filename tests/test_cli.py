@@ -15,6 +15,7 @@ BAD = [
     (["learner.batch_size=6000"], "larger than learner.buffer_size=5000"),
     (["learner.bsize=3"], "did you mean learner.batch_size?"),
     (["lerner.lr=3"], "did you mean learner?"),
+    (["logger.wandbb=true"], "did you mean logger.wandb?"),
     (["learner.gamma=1.5"], "learner.gamma=1.5 must be in (0, 1]"),
     (["learner.gamma=0"], "learner.gamma=0.0 must be in (0, 1]"),
     (["agent.w=0"], "agent.w=0.0 must be in (0, 1]"),

@@ -75,7 +75,7 @@ def check_override_keys(overrides: list[str]) -> str | None:
             return f"unknown {group} '{values[group]}'; allowed: {', '.join(group_options(group))}"
     env_cls = schema.ENV_SCHEMAS.get(values.get("env", "mpe"), schema.MPEConfig)
     sections = {"env": env_cls, "agent": schema.AgentConfig, "learner": schema.LearnerConfig,
-                "epsilon": schema.EpsilonConfig, "checkpoint": schema.CheckpointConfig}
+                "epsilon": schema.EpsilonConfig, "checkpoint": schema.CheckpointConfig, "logger": schema.LoggerConfig}
     top = [f for f in schema.Config.__dataclass_fields__ if f not in sections] + list(sections)
     for key in values:
         if key.startswith("hydra") or key in GROUPS:
