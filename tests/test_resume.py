@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from wqmix_cli.checkpoint import latest_checkpoint, load_checkpoint
 from wqmix_cli.cli import main
 
-RUN = ["test_interval=150", "test_episodes=2", "log_interval=50", "learner.batch_size=4",
+RUN = ["env.n_envs=1", "env.workers=0", "test_interval=150", "test_episodes=2", "log_interval=50", "learner.batch_size=4",
        "learner.target_update_interval=3", "epsilon.anneal_time=200", "deterministic=true", "seed=5"]
 
 

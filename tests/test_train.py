@@ -11,7 +11,7 @@ from wqmix_cli.cli import main
 from wqmix_cli.config import validate
 from wqmix_cli.policy import WQMIXPolicy
 
-TINY = ["t_max=600", "test_interval=200", "test_episodes=2", "log_interval=100", "save_interval=300",
+TINY = ["env.n_envs=1", "env.workers=0", "t_max=600", "test_interval=200", "test_episodes=2", "log_interval=100", "save_interval=300",
         "learner.batch_size=4", "learner.target_update_interval=5", "epsilon.anneal_time=300"]
 TAGS = {"train/return_mean", "train/epsilon", "test/return_mean", "loss/total", "loss/qmix", "loss/central",
         "train/w_mean", "q/q_tot_mean", "q/target_mean", "train/grad_norm", "perf/env_steps_per_s", "train/lr"}

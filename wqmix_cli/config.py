@@ -30,6 +30,8 @@ class EnvConfig:
 
 @dataclass
 class MPEConfig(EnvConfig):
+    n_envs: int = 8
+    workers: int = 1
     scenario: str = "simple_spread"
     n_agents: int = 3
     local_ratio: float = 0.5

@@ -89,6 +89,10 @@ class SubprocVectorEnv:
         self.n_envs = len(factories)
         workers = max(1, min(workers, self.n_envs))
         self._bounds = np.linspace(0, self.n_envs, workers + 1).astype(int)
+        if mp.get_start_method(allow_none=True) not in (None, *mp.get_all_start_methods()):
+            # joblib's worker processes set a start method of their own ("loky"), which a
+            # spawned child then fails to look up; ours need only the standard one.
+            mp.set_start_method("spawn", force=True)
         ctx = mp.get_context("spawn")
         self._conns: list[Connection] = []
         self._procs = []
