@@ -22,7 +22,11 @@
    scalars once the buffer holds a batch.
 4. Memory: replay bytes per episode against a naive float32 transition layout.
 
-The JSON's top level carries the headline figures (``learner_speedup``, ``loss_match``,
+The learner runs at train's thread count (``--threads``; the headline figures) and again
+on all cores (MPE batch 32: ``learner_speedup_all_cores``).
+
+The JSON's top level carries the headline figures (``learner_speedup``,
+``learner_speedup_same_work``, ``learner_speedup_all_cores``, ``loss_match``,
 ``learner_floor_ratio``, ``collection_ratio``, ``buffer_memory_ratio``,
 ``e2e_env_steps_per_s``); the tables' rows follow under ``learner``, ``collection``,
 ``e2e`` and ``memory``.
@@ -70,8 +74,8 @@ MEMORY_EPISODES = 5000
 MATMUL_SHAPE = (800, 256, 256)
 COLLECTION_EPSILON = 0.5
 E2E_LOG_INTERVAL = 500
-HEADLINE = ("learner_speedup", "loss_match", "learner_floor_ratio", "collection_ratio", "buffer_memory_ratio",
-            "e2e_env_steps_per_s")
+HEADLINE = ("learner_speedup", "learner_speedup_same_work", "learner_speedup_all_cores", "loss_match",
+            "learner_floor_ratio", "collection_ratio", "buffer_memory_ratio", "e2e_env_steps_per_s")
 
 
 # --------------------------------------------------------------------------------------
@@ -584,10 +588,21 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
     print(f"wqmix benchmark: Python {machine['python']}, torch {machine['torch']} with {machine['torch_threads']} "
           f"threads, {machine['cpus']} CPUs, load average {machine['load_avg_start'][0]:.1f}")
 
-    rates = {d.type: matmul_flops_per_s(d, 1.0) for d in devices}
+    # The learner at train's thread count, again on all cores (MPE batch 32 only), then the GPU.
+    threads = torch.get_num_threads()
+    cores = os.cpu_count() or threads
+    settings = [("cpu", threads)] + ([("cpu", cores)] if cores != threads else [])
+    settings += [(d.type, threads) for d in devices if d.type == "cuda"]
     flops = {case: update_flops(case) for case in plan.learner_cases}
-    learner_rows = [bench_learner(case, device, plan, flops[case], rates[device.type])
-                    for device in devices for case in plan.learner_cases]
+    rates: dict[str, float] = {}
+    learner_rows = []
+    for device_type, setting in settings:
+        torch.set_num_threads(setting)
+        device = torch.device(device_type)
+        rate = rates[f"{device_type} {setting} threads"] = matmul_flops_per_s(device, 1.0)
+        cases = plan.learner_cases if setting == threads else (MPE32,)
+        learner_rows += [{**bench_learner(case, device, plan, flops[case], rate), "threads": setting} for case in cases]
+    torch.set_num_threads(threads)
     result["matmul_gflop_per_s"] = {k: v / 1e9 for k, v in rates.items()}
     result["learner"] = learner_rows
     print_table(
@@ -596,9 +611,10 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
         f"fp32 {'x'.join(map(str, MATMUL_SHAPE))} matmul: "
         + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()),
         learner_rows,
-        [("device", "device", "s"), ("env", "env", "s"), ("variant", "variant", "s"), ("batch", "B", "d"),
-         ("steps", "T", "d"), ("reference_ms", "reference ms", ".1f"), ("same_work_ms", "same-work ms", ".1f"),
-         ("ours_ms", "ours ms", ".1f"), ("speedup", "speedup", ".2f"), ("speedup_same_work", "vs same-work", ".2f"), ("gflop", "GFLOP", ".2f"), ("floor_ms", "floor ms", ".1f"),
+        [("device", "device", "s"), ("threads", "threads", "d"), ("env", "env", "s"), ("variant", "variant", "s"),
+         ("batch", "B", "d"), ("steps", "T", "d"), ("reference_ms", "reference ms", ".1f"),
+         ("same_work_ms", "same-work ms", ".1f"), ("ours_ms", "ours ms", ".1f"), ("speedup", "speedup", ".2f"),
+         ("speedup_same_work", "vs same-work", ".2f"), ("gflop", "GFLOP", ".2f"), ("floor_ms", "floor ms", ".1f"),
          ("floor_ratio", "floor/ours", ".2f"), ("loss_match", "loss match", "")],
     )
     mismatched = [r for r in learner_rows if not r["loss_match"]]
@@ -650,12 +666,14 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
          ("naive_mib_5000", "naive MiB", ".1f"), ("ratio", "ours/naive", ".3f")],
     )
 
-    headline = next(r for r in learner_rows if r["device"] == "cpu" and r["env"] == "mpe"
-                    and r["batch"] == 32 and r["variant"] == "cwqmix")
+    mpe32 = [r for r in learner_rows if r["device"] == "cpu" and r["env"] == "mpe" and r["batch"] == 32
+             and r["variant"] == "cwqmix"]
+    headline, all_cores = mpe32[0], mpe32[-1]
     collection8 = next(r for r in collection_rows if r["env"] == "mpe" and r["n_envs"] == 8 and r["workers"] == 0)
     result.update(
         learner_speedup=headline["speedup"],
         learner_speedup_same_work=headline["speedup_same_work"],
+        learner_speedup_all_cores=all_cores["speedup"],
         loss_match=all(r["loss_match"] for r in learner_rows),
         learner_floor_ratio=headline["floor_ratio"],
         collection_ratio=collection8["ratio"],
