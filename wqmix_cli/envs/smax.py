@@ -1,4 +1,5 @@
-"""SMAX (jaxmarl's JAX StarCraft-like battles) as a batch of E envs stepped in one jitted call.
+"""SMAX (jaxmarl's JAX StarCraft-like battles) as a batch of E envs stepped in one jitted call,
+and as one env that can draw its battle (``SMAXEnv``, for ``wqmix evaluate render=true``).
 
 The allies are the learning agents; the enemies follow jaxmarl's heuristic policy
 (``HeuristicEnemySMAX``). Episodes stay whole: the step is jaxmarl's ``step_env`` (no
@@ -11,11 +12,16 @@ import io
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wqmix_cli.config import SMAXConfig
 from wqmix_cli.envs.base import BatchStep, EnvInfo, Observation
+
+if TYPE_CHECKING:
+    from wqmix_cli.envs.smax_render import BattleCanvas
 
 # jax logs at INFO that it found no TPU; not news on a CPU or GPU machine.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -174,5 +180,76 @@ class SMAXVectorEnv:
             info={"battle_won": np.array(won)},
         )
 
+    def battle_state(self, e: int) -> Any:
+        """Env e's jaxmarl SMAX ``State`` (unbatched: unit arrays ``[U, ...]``), for drawing."""
+        if self._state is None:
+            raise RuntimeError("SMAXVectorEnv.battle_state called before reset")
+        return jax.tree.map(lambda x: x[e], self._state.state)
+
     def close(self) -> None:
         """Nothing to release: the battles live in JAX arrays."""
+
+
+class SMAXEnv:
+    """One SMAX battle behind the MultiAgentEnv interface, for ``wqmix evaluate render=true``.
+
+    It is an SMAXVectorEnv of one env, so ``reset(seed)`` starts the battle that env 0 of a
+    batch reset with ``seed`` plays. Arrays: obs ``[N, O]``, state ``[S]``, avail ``[N, A]``;
+    ``step`` returns the team reward, terminated, truncated and ``{"battle_won": 0.0 | 1.0}``.
+    With ``render_mode="rgb_array"``, ``render()`` draws the battle now as RGB uint8
+    ``[512, 512, 3]`` (titled with the map, the step and the return so far); the drawing
+    module (matplotlib) is imported only then.
+    """
+
+    def __init__(self, cfg: SMAXConfig, render_mode: str | None = None) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"SMAX renders only with render_mode='rgb_array', not {render_mode!r}")
+        self._vec = SMAXVectorEnv(replace(cfg, n_envs=1))
+        self._map_name = cfg.map_name
+        self._canvas: BattleCanvas | None = None
+        if render_mode == "rgb_array":
+            from wqmix_cli.envs.smax_render import BattleCanvas, arena_of
+
+            self._canvas = BattleCanvas(arena_of(self._vec._env))
+        self._last: Observation | None = None
+        self._return = 0.0
+        self._time_up = False
+
+    def info(self) -> EnvInfo:
+        return self._vec.info()
+
+    def reset(self, seed: int | None = None) -> Observation:
+        view = self._vec.reset(0 if seed is None else seed)
+        self._last = Observation(obs=view.obs[0], state=view.state[0], avail=view.avail[0])
+        self._return, self._time_up = 0.0, False
+        return self.observe()
+
+    def observe(self) -> Observation:
+        if self._last is None:
+            raise RuntimeError("SMAXEnv.observe called before reset")
+        return Observation(obs=self._last.obs.copy(), state=self._last.state.copy(), avail=self._last.avail.copy())
+
+    def step(self, actions: np.ndarray) -> tuple[float, bool, bool, dict[str, Any]]:
+        """Step the battle with ``actions [N]`` (ints)."""
+        out = self._vec.step(np.asarray(actions)[None], np.ones(1, dtype=bool))
+        view = out.observation
+        self._last = Observation(obs=view.obs[0], state=view.state[0], avail=view.avail[0])
+        reward = float(out.reward[0])
+        self._return += reward
+        self._time_up = bool(out.truncated[0])
+        return reward, bool(out.terminated[0]), self._time_up, {"battle_won": float(out.info["battle_won"][0])}
+
+    def render(self) -> np.ndarray:
+        """The battle now as RGB uint8 ``[512, 512, 3]``."""
+        if self._canvas is None:
+            raise RuntimeError("this SMAX env was made without render_mode='rgb_array'")
+        if self._last is None:
+            raise RuntimeError("call reset() before render()")
+        from wqmix_cli.envs.smax_render import battle_of
+
+        battle = battle_of(self._vec.battle_state(0), self._canvas.arena)
+        title = f"SMAX {self._map_name}   step {battle.step}   return {self._return:.2f}"
+        return self._canvas.draw(battle, title + ("   time limit" if self._time_up else ""))
+
+    def close(self) -> None:
+        self._vec.close()
