@@ -42,14 +42,14 @@ def test_stacked_agents_match_their_own_forward_and_gradients() -> None:
     assert all(g.abs().sum() > 0 for g in stacked_grads)
 
 
-def test_without_autograd_the_values_are_the_same() -> None:
+def test_frozen_weights_skip_what_only_the_backward_needs() -> None:
+    """Autograd on but nothing to differentiate (frozen copies): the same values."""
     torch.manual_seed(1)
-    agent = RNNAgent(5, 3, hidden_dim=8)
+    agent = RNNAgent(5, 3, hidden_dim=8).requires_grad_(False)
     inputs = torch.randn(2, 6, 3, 5)
-    with torch.no_grad():
-        (q,) = evaluate_agents([agent], inputs)
-        expected, _ = agent(inputs)
-    torch.testing.assert_close(q, expected, atol=1e-6, rtol=1e-5)
+    (q,) = evaluate_agents([agent], inputs)
+    assert not q.requires_grad
+    torch.testing.assert_close(q, agent(inputs)[0], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("agents", [
