@@ -26,9 +26,9 @@ import yaml
 from wqmix_cli.actor import Actor
 from wqmix_cli.checkpoint import CheckpointError, env_size_mismatch, latest_checkpoint, load_checkpoint
 from wqmix_cli.cli import EXIT_BAD_INPUT
-from wqmix_cli.config import Config, ConfigError, EnvConfig, MatrixConfig, SMAXConfig, validate
-from wqmix_cli.envs import _smax_module, make_env, make_vector_env
-from wqmix_cli.envs.base import EnvInfo, MissingDependency, MultiAgentEnv, Observation
+from wqmix_cli.config import Config, ConfigError, MatrixConfig, validate
+from wqmix_cli.envs import make_env, make_vector_env
+from wqmix_cli.envs.base import EnvInfo, MissingDependency, Observation
 from wqmix_cli.evaluate import run_greedy
 from wqmix_cli.policy import WQMIXPolicy
 from wqmix_cli.runner import EpisodeRunner
@@ -270,14 +270,6 @@ def format_matrix(name: str, table: np.ndarray) -> str:
     return "\n".join(header + ["  ".join(c.rjust(width) for c in row) for row in cells])
 
 
-def make_render_env(cfg: EnvConfig) -> MultiAgentEnv:
-    """One env of ``cfg`` whose ``render()`` gives RGB frames; SMAX, which trains only as a
-    batch, gets its single drawable env here. Raises ValueError for an env that cannot."""
-    if isinstance(cfg, SMAXConfig):
-        return _smax_module().SMAXEnv(cfg, render_mode="rgb_array")
-    return make_env(cfg, render_mode="rgb_array")
-
-
 def render_episode(policy: WQMIXPolicy, cfg: Config, device: torch.device, seed: int, path: Path) -> int:
     """Write a GIF of one greedy episode (reset with ``seed``) to ``path``; returns its steps.
 
@@ -286,7 +278,7 @@ def render_episode(policy: WQMIXPolicy, cfg: Config, device: torch.device, seed:
     import imageio.v3 as iio
 
     try:
-        env = make_render_env(cfg.env)
+        env = make_env(cfg.env, render_mode="rgb_array")
     except ValueError as err:
         raise BadInput(f"env {cfg.env.name} cannot render ({err})") from None
     try:

@@ -53,6 +53,8 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> MultiAgentEnv:
         from wqmix_cli.envs.smac import SMACEnv
 
         return SMACEnv(cfg)
+    if isinstance(cfg, SMAXConfig):
+        return _smax_module().SMAXEnv(cfg, render_mode=render_mode)
     raise ValueError(f"env {cfg.name!r} has no single-env form")
 
 
