@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from wqmix_cli.cli import main
-from wqmix_cli.logger import MLFLOW_DB, MLFLOW_ID_FILE, WANDB_ID_FILE
+from wqmix_cli.trackers import MLFLOW_DB, MLFLOW_ID_FILE, WANDB_ID_FILE
 
 TINY = ["env=matrix", "test_interval=50", "test_episodes=2", "log_interval=50", "save_interval=100",
         "learner.batch_size=4", "learner.target_update_interval=5", "epsilon.anneal_time=100",
