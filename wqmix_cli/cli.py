@@ -145,6 +145,7 @@ def preflight(overrides: list[str], multirun: bool) -> str | None:
     from wqmix_cli.config import ConfigError, validate
     from wqmix_cli.envs import check_env
     from wqmix_cli.envs.base import MissingDependency
+    from wqmix_cli.trackers import check_trackers
 
     try:
         jobs = expand_sweeps(overrides) if multirun else [overrides]
@@ -161,6 +162,7 @@ def preflight(overrides: list[str], multirun: bool) -> str | None:
         try:
             cfg = validate(compose(job))
             check_env(cfg.env)
+            check_trackers(cfg.logger)
             if cfg.device == "cuda":
                 from wqmix_cli.train import resolve_device
 

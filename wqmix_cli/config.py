@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -261,14 +260,11 @@ def validate(raw: DictConfig | dict) -> Config:
 
 
 def _check_logger(trackers: LoggerConfig) -> None:
-    """The tracker settings are known and each enabled tracker's package imports."""
+    """The tracker settings are known (their packages: ``trackers.check_trackers``)."""
     _choices("logger.wandb_mode", trackers.wandb_mode, WANDB_MODES)
     for key in ("wandb_project", "mlflow_experiment"):
         if not getattr(trackers, key).strip():
             raise ConfigError(f"logger.{key} must not be empty")
-    for package in ("wandb", "mlflow"):
-        if getattr(trackers, package) and importlib.util.find_spec(package) is None:
-            raise ConfigError(f"logger.{package}=true needs the {package} package: pip install -e '.[trackers]'")
 
 
 def _positive(name: str, value: float) -> None:

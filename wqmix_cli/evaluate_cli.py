@@ -153,7 +153,6 @@ def load_run(opts: Options) -> tuple[Path, dict, Config]:
         raise BadInput(f"{folder} is not a wqmix checkpoint (no policy, config or env_info in state.pt)")
     raw = dict(state["config"])
     raw["env"] = {**raw["env"], **opts.env}
-    raw.pop("logger", None)  # evaluation logs to no tracker, so their packages need not be here
     cfg = validate(raw)
     return folder, state, cfg
 

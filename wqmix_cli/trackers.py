@@ -1,16 +1,24 @@
 """Experiment trackers beside TensorBoard: wandb and MLflow runs kept in the run folder."""
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from wqmix_cli.config import LoggerConfig
+from wqmix_cli.config import ConfigError, LoggerConfig
 
 WANDB_ID_FILE = "wandb_run_id"
 MLFLOW_ID_FILE = "mlflow_run_id"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_PARAMS_PER_CALL = 100
+
+
+def check_trackers(cfg: LoggerConfig) -> None:
+    """Raise ConfigError (one line) if an enabled tracker's package is not installed."""
+    for package in ("wandb", "mlflow"):
+        if getattr(cfg, package) and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"logger.{package}=true needs the {package} package: pip install -e '.[trackers]'")
 
 
 class Tracker(Protocol):
