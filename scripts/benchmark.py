@@ -355,7 +355,8 @@ def update_flops(case: LearnerCase) -> int:
     """FLOPs of one update (forward and backward; the optimiser step has no matmuls),
     counted on the CPU: the count is a property of the maths, and the GPU's fused GRU
     kernel has no FLOP formula in ``FlopCounterMode``."""
-    learner, _ = paired_learners(case.info, case.variant, torch.device("cpu"))
+    policy = WQMIXPolicy(case.info, LearnerConfig(), central=case.variant != "qmix")
+    learner = WQMIXLearner(policy, LearnerConfig(), variant=case.variant, w=0.1)
     batch = random_batch(case.info, case.batch_size, torch.Generator().manual_seed(1))
     with FlopCounterMode(display=False) as counter:
         learner.update(batch)
@@ -366,7 +367,7 @@ def bench_learner(case: LearnerCase, device: torch.device, plan: Plan, flops: in
     """Ours, the pymarl-style reference and the same-work per-step loop, from the same
     weights on the same batch, timed in turns."""
     learner, reference = paired_learners(case.info, case.variant, device)
-    _, same_work = paired_learners(case.info, case.variant, device, pymarl=False)
+    same_work = ReferenceLearner(learner.policy, learner.cfg, case.variant, w=0.1, pymarl=False)
     batch = random_batch(case.info, case.batch_size, torch.Generator().manual_seed(1)).to(device)
     pairs = compare_losses(learner, reference, batch)
     match = all(losses_match(a, b) for a, b in pairs) and losses_match(pairs[0][1], same_work.update(batch))

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wqmix_cli.policy.agents import RNNAgent
+
 
 class _StackedGRU(torch.autograd.Function):
     """h_t = GRU(x_t, h_{t-1}) from h_{-1} = 0 for G networks at once (PyTorch's gate
@@ -85,8 +87,6 @@ def evaluate_agents(agents: list[nn.Module], inputs: torch.Tensor) -> list[torch
     Recurrent agents of one shape on the CPU, with autograd on, run as one stacked GRU
     (gradients reach each network's own parameters); otherwise each network's ``forward``.
     """
-    from wqmix_cli.policy.agents import RNNAgent
-
     shapes = {tuple(p.shape for p in agent.parameters()) for agent in agents}
     stackable = len(shapes) == 1 and all(isinstance(agent, RNNAgent) for agent in agents)
     if inputs.is_cuda or not torch.is_grad_enabled() or not stackable:
