@@ -1,17 +1,50 @@
-"""The stacked GRU the learner runs on the CPU equals each agent's own nn.GRU, values and gradients."""
+"""The fused GRU the learner runs on the CPU equals each agent's own nn.GRU, values and
+gradients; without a C compiler the learner falls back to nn.GRU."""
+from pathlib import Path
+
 import pytest
 import torch
 
+from wqmix_cli.policy import native
 from wqmix_cli.policy.agents import MLPAgent, RNNAgent
-from wqmix_cli.policy.gru import _StackedGRU, evaluate_agents
+from wqmix_cli.policy.gru import evaluate_agents
 
 
-def test_hand_written_backward_passes_gradcheck() -> None:
-    g = torch.Generator().manual_seed(0)
-    gates_x = torch.randn(2, 5, 3, 12, generator=g, dtype=torch.double, requires_grad=True)
-    w_hh = torch.randn(2, 12, 4, generator=g, dtype=torch.double, requires_grad=True)
-    b_hh = torch.randn(2, 12, generator=g, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(_StackedGRU.apply, (gates_x, w_hh, b_hh))
+@pytest.fixture
+def fresh_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``gru_kernel()`` built anew into an empty cache folder, and forgotten afterwards."""
+    monkeypatch.setenv("WQMIX_CACHE_DIR", str(tmp_path))
+    native.gru_kernel.cache_clear()
+    yield tmp_path
+    native.gru_kernel.cache_clear()
+
+
+def test_kernel_is_built_once_into_the_cache(fresh_kernel: Path) -> None:
+    assert native.gru_kernel() is not None
+    (built,) = fresh_kernel.glob("gru_kernel-*.so")
+    stamp = built.stat().st_mtime_ns
+    native.gru_kernel.cache_clear()
+    assert native.gru_kernel() is not None
+    assert list(fresh_kernel.glob("gru_kernel-*.so")) == [built] and built.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("setting", ["no-compiler", "switched-off"])
+def test_without_the_kernel_agents_run_their_own_gru(
+    setting: str, fresh_kernel: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if setting == "no-compiler":
+        monkeypatch.setenv("CC", str(fresh_kernel / "no-such-cc"))
+        with pytest.warns(UserWarning, match="could not be built"):
+            assert native.gru_kernel() is None
+    else:
+        monkeypatch.setenv("WQMIX_NATIVE_GRU", "0")
+        assert native.gru_kernel() is None
+    torch.manual_seed(0)
+    agents = [RNNAgent(5, 3, 8), RNNAgent(5, 3, 8)]
+    inputs = torch.randn(2, 4, 3, 5)
+    for ours, agent in zip(evaluate_agents(agents, inputs), agents):
+        assert torch.equal(ours, agent(inputs)[0])
+    assert not list(fresh_kernel.glob("*.so"))
 
 
 def _grads(agents: list[torch.nn.Module]) -> list[torch.Tensor]:
@@ -21,9 +54,11 @@ def _grads(agents: list[torch.nn.Module]) -> list[torch.Tensor]:
     return grads
 
 
-def test_stacked_agents_match_their_own_forward_and_gradients() -> None:
+@pytest.mark.parametrize("hidden", [16, 13], ids=["vector-width", "remainder"])
+def test_stacked_agents_match_their_own_forward_and_gradients(hidden: int) -> None:
+    assert native.gru_kernel() is not None
     torch.manual_seed(0)
-    agents = [RNNAgent(7, 4, hidden_dim=16), RNNAgent(7, 4, hidden_dim=16)]
+    agents = [RNNAgent(7, 4, hidden_dim=hidden), RNNAgent(7, 4, hidden_dim=hidden)]
     inputs = torch.randn(3, 9, 2, 7)
     upstream = torch.randn(2, 3, 9, 2, 4)
 
@@ -42,21 +77,24 @@ def test_stacked_agents_match_their_own_forward_and_gradients() -> None:
     assert all(g.abs().sum() > 0 for g in stacked_grads)
 
 
-def test_frozen_weights_skip_what_only_the_backward_needs() -> None:
-    """Autograd on but nothing to differentiate (frozen copies): the same values."""
+@pytest.mark.parametrize("grad", [True, False], ids=["frozen-weights", "no-grad"])
+def test_target_networks_get_the_same_values(grad: bool) -> None:
+    """Nothing to differentiate (frozen copies, or the target pass under no_grad): the same values."""
     torch.manual_seed(1)
     agent = RNNAgent(5, 3, hidden_dim=8).requires_grad_(False)
     inputs = torch.randn(2, 6, 3, 5)
-    (q,) = evaluate_agents([agent], inputs)
+    with torch.set_grad_enabled(grad):
+        (q,) = evaluate_agents([agent], inputs)
     assert not q.requires_grad
     torch.testing.assert_close(q, agent(inputs)[0], atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("agents", [
-    [MLPAgent(5, 3, 8), MLPAgent(5, 3, 8)],
-    [RNNAgent(5, 3, 8), RNNAgent(5, 3, 16)],
-], ids=["feed-forward", "different-sizes"])
-def test_other_agents_run_their_own_forward(agents: list[torch.nn.Module]) -> None:
-    inputs = torch.randn(2, 4, 3, 5)
+@pytest.mark.parametrize("agents, dtype", [
+    ([MLPAgent(5, 3, 8), MLPAgent(5, 3, 8)], torch.float32),
+    ([RNNAgent(5, 3, 8), RNNAgent(5, 3, 16)], torch.float32),
+    ([RNNAgent(5, 3, 8).double(), RNNAgent(5, 3, 8).double()], torch.float64),
+], ids=["feed-forward", "different-sizes", "float64"])
+def test_other_agents_run_their_own_forward(agents: list[torch.nn.Module], dtype: torch.dtype) -> None:
+    inputs = torch.randn(2, 4, 3, 5, dtype=dtype)
     for ours, agent in zip(evaluate_agents(agents, inputs), agents):
         torch.testing.assert_close(ours, agent(inputs)[0])

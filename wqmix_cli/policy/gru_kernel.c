@@ -1,0 +1,93 @@
+/* The element-wise part of one GRU time step, fused, for G networks of M rows each.
+
+   PyTorch's gate equations (r, z from sigmoid; n = tanh(x_n + r * (W_hn h + b_hn));
+   h = (1 - z) * n + z * h_prev). The matmuls stay in torch (MKL); these loops replace the
+   six to eight separate tensor ops per step, each of which reads and writes the whole
+   [G, M, H] block. Built and loaded by wqmix_cli/policy/native.py; float32, contiguous.
+
+   Layouts (row = (g * T + t) * M + m):
+     gates_x [G, T, M, 3H]  input projections, b_ih included
+     gates_h [G, M, 3H]     W_hh h_prev of this step, without b_hh
+     b_hh    [G, 3H]
+     rz      [G, T, M, 2H]  r and z after the sigmoid
+     h_n     [G, T, M, H]   W_hn h_prev + b_hn
+     n       [G, T, M, H]   candidate after the tanh
+     out     [G, T, M, H]   hidden states; out at t - 1 is h_prev
+     zeros   [H]            h_prev at t = 0
+*/
+#include <math.h>
+
+static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+void gru_forward_step(long G, long T, long M, long H, long t, const float *gates_x,
+                      const float *gates_h, const float *b_hh, const float *zeros,
+                      float *rz, float *h_n, float *n, float *out)
+{
+    for (long g = 0; g < G; g++) {
+        const float *restrict b = b_hh + g * 3 * H;
+        for (long m = 0; m < M; m++) {
+            long row = (g * T + t) * M + m;
+            const float *restrict x = gates_x + row * 3 * H;
+            const float *restrict gh = gates_h + (g * M + m) * 3 * H;
+            const float *restrict prev = t > 0 ? out + (row - M) * H : zeros;
+            float *restrict rz_row = rz + row * 2 * H;
+            float *restrict hn_row = h_n + row * H;
+            float *restrict n_row = n + row * H;
+            float *restrict h_row = out + row * H;
+#pragma omp simd
+            for (long j = 0; j < 2 * H; j++)
+                rz_row[j] = sigmoid(x[j] + gh[j] + b[j]);
+#pragma omp simd
+            for (long j = 0; j < H; j++) {
+                float hn = gh[2 * H + j] + b[2 * H + j];
+                float nv = 2.0f * sigmoid(2.0f * (x[2 * H + j] + rz_row[j] * hn)) - 1.0f;  /* tanh */
+                float z = rz_row[H + j];
+                hn_row[j] = hn;
+                n_row[j] = nv;
+                h_row[j] = nv + z * (prev[j] - nv);
+            }
+        }
+    }
+}
+
+/* Step t of the backward: dh = dh_next + grad_out[t] (the gradient reaching h_t), then
+     d_gates_h[t] = [d r_pre, d z_pre, d n_pre * r]   (to be multiplied by W_hh)
+     d_gates_x[t] = [d r_pre, d z_pre, d n_pre]
+     dh_z         = dh * z                           (the direct path to h_{t-1})
+   dh_next and dh_z are [G, M, H]; grad_out, d_gates_h and d_gates_x are laid out like out
+   and gates_x; the other arrays are the forward's. */
+void gru_backward_step(long G, long T, long M, long H, long t, const float *grad_out,
+                       const float *dh_next, const float *rz, const float *h_n,
+                       const float *n, const float *out, const float *zeros,
+                       float *d_gates_h, float *d_gates_x, float *dh_z)
+{
+    for (long g = 0; g < G; g++) {
+        for (long m = 0; m < M; m++) {
+            long row = (g * T + t) * M + m;
+            const float *restrict go = grad_out + row * H;
+            const float *restrict dn_next = dh_next + (g * M + m) * H;
+            const float *restrict r = rz + row * 2 * H;
+            const float *restrict z = r + H;
+            const float *restrict hn = h_n + row * H;
+            const float *restrict nv = n + row * H;
+            const float *restrict prev = t > 0 ? out + (row - M) * H : zeros;
+            float *restrict dgh = d_gates_h + row * 3 * H;
+            float *restrict dgx = d_gates_x + row * 3 * H;
+            float *restrict dhz = dh_z + (g * M + m) * H;
+#pragma omp simd
+            for (long j = 0; j < H; j++) {
+                float dh = dn_next[j] + go[j];
+                float d_n = dh * (1.0f - z[j]) * (1.0f - nv[j] * nv[j]);
+                float d_z = dh * (prev[j] - nv[j]) * z[j] * (1.0f - z[j]);
+                float d_r = d_n * hn[j] * r[j] * (1.0f - r[j]);
+                dgh[j] = d_r;
+                dgh[H + j] = d_z;
+                dgh[2 * H + j] = d_n * r[j];
+                dgx[j] = d_r;
+                dgx[H + j] = d_z;
+                dgx[2 * H + j] = d_n;
+                dhz[j] = dh * z[j];
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+"""Build and load ``gru_kernel.c``, the fused GRU step, with the system C compiler.
+
+The library is compiled once per source, compiler and CPU (``-march=native``) into
+``$WQMIX_CACHE_DIR`` (default ``~/.cache/wqmix``) and loaded with ``ctypes``; compiling
+takes about a second. Where there is no compiler, or ``WQMIX_NATIVE_GRU=0``, ``gru_kernel()``
+returns None and the learner runs each agent's own ``nn.GRU`` instead (same values, slower
+on the CPU).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("gru_kernel.c")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared")
+
+_LONG, _PTR = ctypes.c_long, ctypes.c_void_p
+_SIGNATURES = {
+    "gru_forward_step": [_LONG] * 5 + [_PTR] * 8,
+    "gru_backward_step": [_LONG] * 5 + [_PTR] * 10,
+}
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wqmix"
+    return Path(os.environ.get("WQMIX_CACHE_DIR", default))
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags: a library built with -march=native must not be loaded on
+    another CPU model sharing the same home directory."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
+    target = cache_dir() / f"gru_kernel-{key[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+                       capture_output=True, text=True, check=True)
+        os.replace(built, target)  # atomic: parallel runs (sweeps) never load a half-written file
+    return target
+
+
+@functools.cache
+def gru_kernel() -> ctypes.CDLL | None:
+    """The compiled fused GRU step, or None (with one warning) where it cannot be built."""
+    if os.environ.get("WQMIX_NATIVE_GRU", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    try:
+        if compiler is None:
+            raise FileNotFoundError("no C compiler (cc, gcc or clang) on PATH")
+        library = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.CalledProcessError) as error:
+        lines = (getattr(error, "stderr", None) or "").strip().splitlines()
+        detail = lines[-1] if lines else error
+        warnings.warn(f"wqmix: the fused GRU kernel could not be built ({detail}); "
+                      "the learner runs each agent's nn.GRU instead (slower on the CPU)", stacklevel=2)
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.argtypes, function.restype = argtypes, None
+    return library
