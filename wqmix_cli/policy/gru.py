@@ -28,21 +28,23 @@ class _FusedGRU(torch.autograd.Function):
     """h_t = GRU(x_t, h_{t-1}) from h_{-1} = 0 for G networks at once (PyTorch's gate
     equations: r and z from sigmoid, n = tanh(x_n + r * (W_hn h + b_hn))).
 
-    gates_x ``[G, T, M, 3H]`` (input projections, ``b_ih`` included), w_hh ``[G, 3H, H]``,
-    b_hh ``[G, 3H]`` -> hidden states ``[G, T, M, H]``; float32 on the CPU.
+    gates_x ``[G, T, M, 3H]`` (input projections ``W_ih x``), b_ih ``[G, 3H]``, w_hh
+    ``[G, 3H, H]``, b_hh ``[G, 3H]`` -> hidden states ``[G, T, M, H]``; float32 on the CPU.
     """
 
     @staticmethod
-    def forward(ctx, gates_x: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx, gates_x: torch.Tensor, b_ih: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor
+    ) -> torch.Tensor:
         groups, steps, rows, three_h = gates_x.shape
         h_dim = three_h // 3
-        gates_x, b_hh = gates_x.contiguous(), b_hh.contiguous()
+        gates_x, b_ih, b_hh = gates_x.contiguous(), b_ih.contiguous(), b_hh.contiguous()
         w_t = w_hh.transpose(1, 2).contiguous()
         out = gates_x.new_empty(groups, steps, rows, h_dim)
         rz = gates_x.new_empty(groups, steps, rows, 2 * h_dim)
         h_n, n = torch.empty_like(out), torch.empty_like(out)
         gates_h, zeros = gates_x.new_zeros(groups, rows, three_h), gates_x.new_zeros(h_dim)
-        arrays = _pointers(gates_x, gates_h, b_hh, zeros, rz, h_n, n, out)
+        arrays = _pointers(gates_x, gates_h, b_ih, b_hh, zeros, rz, h_n, n, out)
         step = gru_kernel().gru_forward_step
         for t in range(steps):
             if t:
@@ -53,7 +55,7 @@ class _FusedGRU(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out, rz, h_n, n, w_hh = ctx.saved_tensors
         groups, steps, rows, h_dim = out.shape
         grad_out, w_hh = grad_out.contiguous(), w_hh.contiguous()
@@ -70,7 +72,7 @@ class _FusedGRU(torch.autograd.Function):
         # h_{-1} = 0, so step 0 adds nothing to the gradient of W_hh.
         later = d_gates_h[:, 1:].reshape(groups, (steps - 1) * rows, 3 * h_dim)
         d_w_hh = torch.bmm(later.transpose(1, 2), out[:, :-1].reshape(groups, (steps - 1) * rows, h_dim))
-        return d_gates_x, d_w_hh, d_gates_h.sum((1, 2))
+        return d_gates_x, d_gates_x.sum((1, 2)), d_w_hh, d_gates_h.sum((1, 2))
 
 
 def _stack(agents: list[nn.Module], name: str) -> torch.Tensor:
@@ -92,9 +94,9 @@ def evaluate_agents(agents: list[nn.Module], inputs: torch.Tensor) -> list[torch
     groups = len(agents)
     x = inputs.transpose(0, 1).reshape(1, t * b * n, d).expand(groups, -1, -1)  # time-major rows
     x = torch.relu(torch.baddbmm(_stack(agents, "fc1.bias").unsqueeze(1), x, _stack(agents, "fc1.weight").mT))
-    gates_x = torch.baddbmm(_stack(agents, "rnn.bias_ih_l0").unsqueeze(1), x, _stack(agents, "rnn.weight_ih_l0").mT)
-    gates_x = gates_x.view(groups, t, b * n, -1)
-    hidden = _FusedGRU.apply(gates_x, _stack(agents, "rnn.weight_hh_l0"), _stack(agents, "rnn.bias_hh_l0"))
+    gates_x = torch.bmm(x, _stack(agents, "rnn.weight_ih_l0").mT).view(groups, t, b * n, -1)
+    hidden = _FusedGRU.apply(gates_x, _stack(agents, "rnn.bias_ih_l0"), _stack(agents, "rnn.weight_hh_l0"),
+                             _stack(agents, "rnn.bias_hh_l0"))
     hidden = hidden.view(groups, t * b * n, -1)
     q = torch.baddbmm(_stack(agents, "fc2.bias").unsqueeze(1), hidden, _stack(agents, "fc2.weight").mT)
     q = q.view(groups, t, b, n, -1).transpose(1, 2)  # [G, B, T, N, A]

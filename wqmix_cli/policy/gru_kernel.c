@@ -6,8 +6,9 @@
    [G, M, H] block. Built and loaded by wqmix_cli/policy/native.py; float32, contiguous.
 
    Layouts (row = (g * T + t) * M + m):
-     gates_x [G, T, M, 3H]  input projections, b_ih included
+     gates_x [G, T, M, 3H]  input projections W_ih x, without b_ih
      gates_h [G, M, 3H]     W_hh h_prev of this step, without b_hh
+     b_ih    [G, 3H]
      b_hh    [G, 3H]
      rz      [G, T, M, 2H]  r and z after the sigmoid
      h_n     [G, T, M, H]   W_hn h_prev + b_hn
@@ -20,10 +21,12 @@
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 void gru_forward_step(long G, long T, long M, long H, long t, const float *gates_x,
-                      const float *gates_h, const float *b_hh, const float *zeros,
+                      const float *gates_h, const float *b_ih, const float *b_hh,
+                      const float *zeros,
                       float *rz, float *h_n, float *n, float *out)
 {
     for (long g = 0; g < G; g++) {
+        const float *restrict bx = b_ih + g * 3 * H;
         const float *restrict b = b_hh + g * 3 * H;
         for (long m = 0; m < M; m++) {
             long row = (g * T + t) * M + m;
@@ -36,11 +39,11 @@ void gru_forward_step(long G, long T, long M, long H, long t, const float *gates
             float *restrict h_row = out + row * H;
 #pragma omp simd
             for (long j = 0; j < 2 * H; j++)
-                rz_row[j] = sigmoid(x[j] + gh[j] + b[j]);
+                rz_row[j] = sigmoid(x[j] + bx[j] + gh[j] + b[j]);
 #pragma omp simd
             for (long j = 0; j < H; j++) {
                 float hn = gh[2 * H + j] + b[2 * H + j];
-                float nv = 2.0f * sigmoid(2.0f * (x[2 * H + j] + rz_row[j] * hn)) - 1.0f;  /* tanh */
+                float nv = 2.0f * sigmoid(2.0f * (x[2 * H + j] + bx[2 * H + j] + rz_row[j] * hn)) - 1.0f;  /* tanh */
                 float z = rz_row[H + j];
                 hn_row[j] = hn;
                 n_row[j] = nv;

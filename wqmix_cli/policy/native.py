@@ -24,7 +24,7 @@ FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shar
 
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
 _SIGNATURES = {
-    "gru_forward_step": [_LONG] * 5 + [_PTR] * 8,
+    "gru_forward_step": [_LONG] * 5 + [_PTR] * 9,
     "gru_backward_step": [_LONG] * 5 + [_PTR] * 10,
 }
 
