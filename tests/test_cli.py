@@ -33,6 +33,7 @@ BAD = [
     (["env=smax", "env.scenario=x"], "unknown key 'env.scenario'"),
     (["resume=/nonexistent/run"], "resume=/nonexistent/run: no such folder"),
     (["test_episodes=-1"], "test_episodes=-1 must be >= 0"),
+    (["learner_threads=-2"], "learner_threads=-2 must be >= 0 (0: all the CPU cores)"),
 ]
 
 

@@ -9,7 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
+from wqmix_cli.checkpoint import latest_checkpoint, load_checkpoint
 from wqmix_cli.cli import main
+from wqmix_cli.cpu import available_cores, default_threads
 
 AGENTS = ("cwqmix", "qmix")
 TINY = [
@@ -57,6 +59,10 @@ def test_sweep_then_plot(launcher: str, tmp_path: Path, capsys: pytest.CaptureFi
         assert (run / "tb").is_dir() and any((run / "tb").iterdir())
         assert (run / "checkpoints" / "latest").is_file()
         by_agent[OmegaConf.load(run / ".hydra" / "config.yaml").agent.name] = run
+        # joblib's default n_jobs=-1 runs one job per core: each gets one core's threads.
+        config = load_checkpoint(latest_checkpoint(run / "checkpoints"))[0]["config"]
+        expected = (1, 1) if launcher == "joblib" else (default_threads(), available_cores())
+        assert (config["threads"], config["learner_threads"]) == expected
     assert sorted(by_agent) == sorted(AGENTS)
 
     out = tmp_path / "c.png"

@@ -115,11 +115,13 @@ def test_smax_run_logs_battle_won(tmp_path):
 
 def test_learning_in_the_background_changes_nothing_but_the_speed(tmp_path):
     """overlap=true runs the owed updates in a thread during collection; the weights and
-    every logged loss equal those of overlap=false."""
+    every logged loss equal those of overlap=false (deterministic=true: one thread count for
+    every update, as bit-for-bit repeats need)."""
     runs = {}
     for overlap in ("true", "false"):
         path = tmp_path / overlap
-        overrides = [*TINY, "test_interval=300", "env.n_envs=2", f"overlap={overlap}", f"hydra.run.dir={path}"]
+        overrides = [*TINY, "test_interval=300", "env.n_envs=2", f"overlap={overlap}", "deterministic=true",
+                     f"hydra.run.dir={path}"]
         assert main(["train", *overrides]) == 0
         runs[overlap] = path
     acc = {k: scalars(p) for k, p in runs.items()}
@@ -129,6 +131,32 @@ def test_learning_in_the_background_changes_nothing_but_the_speed(tmp_path):
     assert states["true"]["learner"]["updates"] == states["false"]["learner"]["updates"] > 0
     for name, weight in states["true"]["policy"].items():
         torch.testing.assert_close(weight, states["false"]["policy"][name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("deterministic, expected", [("false", {3}), ("true", {1})])
+def test_updates_use_learner_threads_while_no_episode_is_collected(
+    tmp_path, monkeypatch, deterministic: str, expected: set[int]
+):
+    """overlap=false: every update runs between collections, on learner_threads (unless
+    deterministic=true); the actor keeps `threads` either way."""
+    from wqmix_cli.actor import Actor
+    from wqmix_cli.learner import WQMIXLearner
+
+    seen: dict[str, set[int]] = {"update": set(), "act": set()}
+
+    def spy(method, key):
+        def wrapped(*args, **kwargs):
+            seen[key].add(torch.get_num_threads())
+            return method(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(WQMIXLearner, "update", spy(WQMIXLearner.update, "update"))
+    monkeypatch.setattr(Actor, "act", spy(Actor.act, "act"))
+    overrides = [*TINY, "t_max=300", "overlap=false", "threads=1", "learner_threads=3",
+                 f"deterministic={deterministic}", f"hydra.run.dir={tmp_path}"]
+    assert main(["train", *overrides]) == 0
+    assert seen == {"update": expected, "act": {1}}
+    assert torch.get_num_threads() == 1
 
 
 def test_the_actor_acts_with_the_weights_of_the_last_boundary():

@@ -183,6 +183,7 @@ def _run_hydra_train(args: list[str]) -> int:
     Jobs may run in other processes (joblib, submitit, ray launchers), so each appends its
     exit code to a file whose path the environment carries to them.
     """
+    import dataclasses
     import os
     import tempfile
 
@@ -194,11 +195,16 @@ def _run_hydra_train(args: list[str]) -> int:
     def task(raw: DictConfig) -> int:
         from wqmix_cli.checkpoint import CheckpointError
         from wqmix_cli.config import ConfigError, validate
+        from wqmix_cli.cpu import default_threads, job_cores, parallel_jobs
         from wqmix_cli.envs.base import MissingDependency
         from wqmix_cli.train import train
 
         try:
-            code = train(validate(raw), Path(HydraConfig.get().runtime.output_dir))
+            cfg = validate(raw)
+            jobs = parallel_jobs(HydraConfig.get().launcher)
+            cfg = dataclasses.replace(cfg, threads=cfg.threads or default_threads(jobs),
+                                      learner_threads=cfg.learner_threads or job_cores(jobs))
+            code = train(cfg, Path(HydraConfig.get().runtime.output_dir))
         except (ConfigError, MissingDependency) as err:
             code = fail(str(err))
         except (FloatingPointError, CheckpointError) as err:

@@ -156,6 +156,7 @@ class Config:
     t_max: int = 2_000_000
     device: str = "cpu"
     threads: int = 0
+    learner_threads: int = 0
     test_interval: int = 10_000
     test_episodes: int = 32
     log_interval: int = 2_000
@@ -298,6 +299,8 @@ def _check_ranges(cfg: Config) -> None:
         _positive(key, getattr(cfg, key))
     if cfg.threads < 0:
         raise ConfigError(f"threads={cfg.threads} must be >= 0 (0: half the CPU cores)")
+    if cfg.learner_threads < 0:
+        raise ConfigError(f"learner_threads={cfg.learner_threads} must be >= 0 (0: all the CPU cores)")
     if cfg.test_episodes < 0:
         raise ConfigError(f"test_episodes={cfg.test_episodes} must be >= 0")
     _choices("device", cfg.device, ("cpu", "cuda", "auto"))

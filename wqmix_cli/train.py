@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import random
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from wqmix_cli.checkpoint import (
     save_checkpoint,
 )
 from wqmix_cli.config import Config, ConfigError
-from wqmix_cli.cpu import default_threads, keep_freed_memory
+from wqmix_cli.cpu import available_cores, default_threads, keep_freed_memory
 from wqmix_cli.envs import make_vector_env
 from wqmix_cli.envs.base import EnvInfo
 from wqmix_cli.evaluate import run_greedy, summarise
@@ -139,12 +140,22 @@ def train(cfg: Config, run_dir: Path) -> int:
         save_checkpoint(run_dir / "checkpoints", counters.t_env, state, buf, cfg.checkpoint.keep)
         counters.last_save = counters.t_env
 
+    # An update that starts while no episode is being collected may use every core (torch's
+    # thread count is per thread); one thread count throughout where runs must repeat bit for bit.
+    threads = torch.get_num_threads()
+    idle_threads = threads if cfg.deterministic else cfg.learner_threads or available_cores()
+    collecting = threading.Event()
+
     def learn(n_updates: int) -> dict[str, float]:
         """``n_updates`` gradient steps on batches from the buffer; the last one's scalars."""
         scalars = {}
-        for _ in range(n_updates):
-            update = learner.update(buffer.sample(cfg.learner.batch_size))
-            scalars = {LOG_TAGS[k]: v for k, v in update.items()}
+        try:
+            for _ in range(n_updates):
+                torch.set_num_threads(threads if collecting.is_set() else idle_threads)
+                update = learner.update(buffer.sample(cfg.learner.batch_size))
+                scalars = {LOG_TAGS[k]: v for k, v in update.items()}
+        finally:
+            torch.set_num_threads(threads)
         return scalars
 
     returns = counters.pending_returns
@@ -157,9 +168,11 @@ def train(cfg: Config, run_dir: Path) -> int:
                 # next episodes are collected. The actor acts with the weights of the last
                 # boundary either way, so overlap changes the speed, not the results.
                 owed = int(counters.update_credit) if buffer.can_sample(cfg.learner.batch_size) else 0
+                collecting.set()
                 learning = background.submit(learn, owed) if cfg.overlap else None
                 epsilon = epsilon_at(cfg.epsilon, counters.t_env)
                 episodes = runner.run(epsilon, seed=cfg.seed * 1_000_003 + counters.episodes)
+                collecting.clear()
                 stats = (learning.result() if learning is not None else learn(owed)) or stats
                 counters.update_credit -= owed
                 actor.sync()
