@@ -22,11 +22,13 @@
    scalars once the buffer holds a batch.
 4. Memory: replay bytes per episode against a naive float32 transition layout.
 
-The learner runs at train's thread count (``--threads``; the headline figures) and again
-on all cores (MPE batch 32: ``learner_speedup_all_cores``).
+The learner runs at train's thread count (``--threads``; the headline figures), again on
+all cores (MPE batch 32: ``learner_speedup_all_cores``) and once with the fused GRU kernel
+switched off, each agent on its own ``nn.GRU`` (``learner_speedup_without_kernel``).
 
 The JSON's top level carries the headline figures (``learner_speedup``,
-``learner_speedup_same_work``, ``learner_speedup_all_cores``, ``loss_match``,
+``learner_speedup_same_work``, ``learner_speedup_all_cores``,
+``learner_speedup_without_kernel``, ``loss_match``,
 ``learner_floor_ratio``, ``collection_ratio``, ``buffer_memory_ratio``,
 ``e2e_env_steps_per_s``); the tables' rows follow under ``learner``, ``collection``,
 ``e2e`` and ``memory``.
@@ -34,6 +36,7 @@ The JSON's top level carries the headline figures (``learner_speedup``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -64,7 +67,7 @@ from wqmix_cli.cpu import default_threads, keep_freed_memory
 from wqmix_cli.envs import make_vector_env
 from wqmix_cli.envs.base import EnvInfo, VectorEnv
 from wqmix_cli.learner import WQMIXLearner
-from wqmix_cli.policy import RNNAgent, WQMIXPolicy
+from wqmix_cli.policy import RNNAgent, WQMIXPolicy, native
 from wqmix_cli.runner import EpisodeRunner
 
 MPE_INFO = EnvInfo(n_agents=3, obs_dim=18, state_dim=54, n_actions=5, episode_limit=25)
@@ -74,7 +77,9 @@ MEMORY_EPISODES = 5000
 MATMUL_SHAPE = (800, 256, 256)
 COLLECTION_EPSILON = 0.5
 E2E_LOG_INTERVAL = 500
-HEADLINE = ("learner_speedup", "learner_speedup_same_work", "learner_speedup_all_cores", "loss_match",
+KERNEL_OFF = "nn.GRU (kernel off)"
+HEADLINE = ("learner_speedup", "learner_speedup_same_work", "learner_speedup_all_cores",
+            "learner_speedup_without_kernel", "loss_match",
             "learner_floor_ratio", "collection_ratio", "buffer_memory_ratio", "e2e_env_steps_per_s")
 
 
@@ -276,6 +281,18 @@ def compare_losses(ours: WQMIXLearner, reference: ReferenceLearner, batch: Episo
 # --------------------------------------------------------------------------------------
 # Timing helpers
 # --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def without_gru_kernel():
+    """The learner as on a machine without a C compiler: each agent's own ``nn.GRU``."""
+    os.environ["WQMIX_NATIVE_GRU"] = "0"
+    native.gru_kernel.cache_clear()
+    try:
+        yield
+    finally:
+        del os.environ["WQMIX_NATIVE_GRU"]
+        native.gru_kernel.cache_clear()
 
 
 def _sync(device: torch.device) -> None:
@@ -602,8 +619,15 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
         device = torch.device(device_type)
         rate = rates[f"{device_type} {setting} threads"] = matmul_flops_per_s(device, 1.0)
         cases = plan.learner_cases if setting == threads else (MPE32,)
-        learner_rows += [{**bench_learner(case, device, plan, flops[case], rate), "threads": setting} for case in cases]
+        gru = "fused" if device_type == "cpu" and native.gru_kernel() is not None else "nn.GRU"
+        learner_rows += [{**bench_learner(case, device, plan, flops[case], rate), "threads": setting, "gru": gru}
+                         for case in cases]
     torch.set_num_threads(threads)
+    if native.gru_kernel() is not None:  # what the fused GRU step adds: MPE batch 32 on each agent's nn.GRU
+        with without_gru_kernel():
+            rate = rates[f"cpu {threads} threads"]
+            learner_rows.append({**bench_learner(MPE32, torch.device("cpu"), plan, flops[MPE32], rate),
+                                 "threads": threads, "gru": KERNEL_OFF})
     result["matmul_gflop_per_s"] = {k: v / 1e9 for k, v in rates.items()}
     result["learner"] = learner_rows
     print_table(
@@ -612,7 +636,8 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
         f"fp32 {'x'.join(map(str, MATMUL_SHAPE))} matmul: "
         + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()),
         learner_rows,
-        [("device", "device", "s"), ("threads", "threads", "d"), ("env", "env", "s"), ("variant", "variant", "s"),
+        [("device", "device", "s"), ("threads", "threads", "d"), ("gru", "GRU", "s"), ("env", "env", "s"),
+         ("variant", "variant", "s"),
          ("batch", "B", "d"), ("steps", "T", "d"), ("reference_ms", "reference ms", ".1f"),
          ("same_work_ms", "same-work ms", ".1f"), ("ours_ms", "ours ms", ".1f"), ("speedup", "speedup", ".2f"),
          ("speedup_same_work", "vs same-work", ".2f"), ("gflop", "GFLOP", ".2f"), ("floor_ms", "floor ms", ".1f"),
@@ -669,12 +694,15 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
 
     mpe32 = [r for r in learner_rows if r["device"] == "cpu" and r["env"] == "mpe" and r["batch"] == 32
              and r["variant"] == "cwqmix"]
-    headline, all_cores = mpe32[0], mpe32[-1]
+    main_rows = [r for r in mpe32 if r["gru"] != KERNEL_OFF]
+    headline, all_cores = main_rows[0], main_rows[-1]
+    nn_gru = next((r for r in mpe32 if r["gru"] == KERNEL_OFF), None)
     collection8 = next(r for r in collection_rows if r["env"] == "mpe" and r["n_envs"] == 8 and r["workers"] == 0)
     result.update(
         learner_speedup=headline["speedup"],
         learner_speedup_same_work=headline["speedup_same_work"],
         learner_speedup_all_cores=all_cores["speedup"],
+        learner_speedup_without_kernel=nn_gru["speedup"] if nn_gru else None,
         loss_match=all(r["loss_match"] for r in learner_rows),
         learner_floor_ratio=headline["floor_ratio"],
         collection_ratio=collection8["ratio"],
