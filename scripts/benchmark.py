@@ -42,6 +42,7 @@ import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import signal
@@ -51,6 +52,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -460,6 +462,14 @@ def bench_collection(name: str, cfg: MPEConfig | SMAXConfig, seconds: float) -> 
 # --------------------------------------------------------------------------------------
 
 
+def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a new Python process, as ``wqmix train`` starts: the thread pools that
+    the learner and SMAX tables left in this one (OpenMP teams of other threads, JAX's)
+    made end-to-end training up to 40% slower here."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def bench_train(name: str, overrides: list[str], budget_s: float) -> dict:
     """Steady-state env steps/s of ``train`` with the default config plus ``overrides``.
 
@@ -666,9 +676,9 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
          ("ratio", "runner/raw", ".2f")],
     )
 
-    e2e_rows = [bench_train("mpe", [], plan.mpe_train_s)]
+    e2e_rows = [in_fresh_process(bench_train, "mpe", [], plan.mpe_train_s)]
     if plan.smax_train_s and smax_problem is None:
-        e2e_rows.append(bench_train("smax_3m", ["env=smax", "env.map_name=3m"], plan.smax_train_s))
+        e2e_rows.append(in_fresh_process(bench_train, "smax_3m", ["env=smax", "env.map_name=3m"], plan.smax_train_s))
     for row in e2e_rows:
         if row["steps_per_s"] is None:
             result["notes"].append(f"{row['env']} end to end: no logged interval after the warm-up; "

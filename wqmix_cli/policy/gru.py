@@ -3,11 +3,11 @@
 On the CPU an update's GRUs are tiny (``[B*N, 64]`` per step) and cost what their ops cost
 to launch as much as their FLOPs; autograd through ``nn.GRU`` records about ten nodes per
 step per network. Here G networks of the same shape that read the same inputs (the online
-and the central agent) step together: per step one batched matmul and one fused C loop
-(``gru_kernel.c``) for all of them, with a hand-written backward of one fused loop and one
-matmul per step that leaves the weight gradients to one batched matmul over the whole
-sequence. Where the kernel cannot be built, and on a GPU (cuDNN), each network runs its
-own ``nn.GRU``.
+and the central agent; a target network alone) step together: per step one batched matmul
+and one fused C loop (``gru_kernel.c``: gates, sigmoid, tanh and the new state in one pass)
+for all of them, with a hand-written backward of one fused loop and one matmul per step
+that leaves the weight gradients to one batched matmul over the whole sequence. Where the
+kernel cannot be built, and on a GPU (cuDNN), each network runs its own ``nn.GRU``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from wqmix_cli.policy.native import gru_kernel
 
 def _pointers(*tensors: torch.Tensor) -> list[int]:
     """The kernel's arrays; the caller keeps the tensors alive while they are used."""
-    assert all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors)
+    if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        raise RuntimeError("the fused GRU kernel takes contiguous float32 CPU tensors only")
     return [t.data_ptr() for t in tensors]
 
 

@@ -72,8 +72,9 @@ def gru_kernel() -> ctypes.CDLL | None:
     except (OSError, subprocess.CalledProcessError) as error:
         lines = (getattr(error, "stderr", None) or "").strip().splitlines()
         detail = lines[-1] if lines else error
-        warnings.warn(f"wqmix: the fused GRU kernel could not be built ({detail}); "
-                      "the learner runs each agent's nn.GRU instead (slower on the CPU)", stacklevel=2)
+        warnings.warn(f"wqmix: the fused GRU kernel could not be built ({detail}); the learner runs each "
+                      "agent's nn.GRU instead (same results, slower on the CPU; $CC picks the compiler, "
+                      "$WQMIX_CACHE_DIR the folder)", stacklevel=2)
         return None
     for name, argtypes in _SIGNATURES.items():
         function = getattr(library, name)
