@@ -1,5 +1,6 @@
 """The fused GRU the learner runs on the CPU equals each agent's own nn.GRU, values and
 gradients; without a C compiler the learner falls back to nn.GRU."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,11 @@ import torch
 from wqmix_cli.policy import native
 from wqmix_cli.policy.agents import MLPAgent, RNNAgent
 from wqmix_cli.policy.gru import evaluate_agents
+
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")), reason="no C compiler to build the kernel with"
+)
 
 
 @pytest.fixture
@@ -19,6 +25,7 @@ def fresh_kernel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     native.gru_kernel.cache_clear()
 
 
+@needs_compiler
 def test_kernel_is_built_once_into_the_cache(fresh_kernel: Path) -> None:
     assert native.gru_kernel() is not None
     (built,) = fresh_kernel.glob("gru_kernel-*.so")
@@ -54,6 +61,7 @@ def _grads(agents: list[torch.nn.Module]) -> list[torch.Tensor]:
     return grads
 
 
+@needs_compiler
 @pytest.mark.parametrize("hidden", [16, 13], ids=["vector-width", "remainder"])
 def test_stacked_agents_match_their_own_forward_and_gradients(hidden: int) -> None:
     assert native.gru_kernel() is not None
