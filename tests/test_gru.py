@@ -10,7 +10,6 @@ from wqmix_cli.policy import native
 from wqmix_cli.policy.agents import MLPAgent, RNNAgent
 from wqmix_cli.policy.gru import evaluate_agents
 
-
 needs_compiler = pytest.mark.skipif(
     not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")), reason="no C compiler to build the kernel with"
 )

@@ -68,13 +68,14 @@ class EpisodeRunner:
             acts = self.actor.act(obs[:, t], avail[:, t], epsilon)
             out = self.env.step(acts, active)
             live = active.copy()
-            actions[live, t] = acts[live]
-            reward[live, t] = out.reward[live]
-            terminated[live, t] = out.terminated[live]
-            filled[live, t] = True
-            obs[live, t + 1] = out.observation.obs[live]
-            state[live, t + 1] = out.observation.state[live]
-            avail[live, t + 1] = out.observation.avail[live]
+            rows = slice(None) if live.all() else live  # a slice copies without gathering
+            actions[rows, t] = acts[rows]
+            reward[rows, t] = out.reward[rows]
+            terminated[rows, t] = out.terminated[rows]
+            filled[rows, t] = True
+            obs[rows, t + 1] = out.observation.obs[rows]
+            state[rows, t + 1] = out.observation.state[rows]
+            avail[rows, t + 1] = out.observation.avail[rows]
             ended = live & (out.terminated | out.truncated)
             if "battle_won" in out.info:
                 if battle_won is None:
