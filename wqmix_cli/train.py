@@ -166,7 +166,8 @@ def train(cfg: Config, run_dir: Path) -> int:
             while counters.t_env < cfg.t_max and stop.received is None:
                 # The updates owed for the episodes stored so far; with overlap they run while the
                 # next episodes are collected. The actor acts with the weights of the last
-                # boundary either way, so overlap changes the speed, not the results.
+                # boundary either way, so overlap changes the speed, not the results (bit for
+                # bit with deterministic=true, where every update keeps one thread count).
                 owed = int(counters.update_credit) if buffer.can_sample(cfg.learner.batch_size) else 0
                 collecting.set()
                 learning = background.submit(learn, owed) if cfg.overlap else None
