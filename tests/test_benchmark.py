@@ -65,3 +65,12 @@ def test_reference_agent_steps_through_our_agents_inputs_and_weights(bench) -> N
 def test_a_mismatch_is_caught(bench) -> None:
     assert bench.losses_match(1.0, 1.0 + 5e-6)
     assert not bench.losses_match(1.0, 1.0 + 5e-5)
+
+
+def test_profile_prints_the_update_ops(bench, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--profile", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "aten::bmm" in out and "Self CPU time total" in out
+    kernel = bench.native.gru_kernel() is not None
+    assert ("_FusedGRUBackward" in out) == kernel
+    assert ("count as the self time of _FusedGRU" in out) == kernel
