@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py                 # the full run (about 10 minutes on 2 cores)
     python scripts/benchmark.py --quick         # fewer cases and shorter timings (under 5)
-    python scripts/benchmark.py --json out.json --device cuda   # also the learner on the GPU
+    python scripts/benchmark.py --json out.json --device cuda   # also the learner and MPE training on the GPU
     python scripts/benchmark.py --threads 2     # torch CPU threads (default: train's, half the cores)
     python scripts/benchmark.py --profile       # only: the ops one update spends its time in
 
@@ -19,7 +19,7 @@
    (``FlopCounterMode``) over the fp32 matmul rate measured here.
 3. End to end: steady-state env steps/s of ``train`` with the default config (logging
    every 500 steps, stopped after a time budget), read from its ``perf/env_steps_per_s``
-   scalars once the buffer holds a batch.
+   scalars once the buffer holds a batch; with ``--device cuda`` MPE again with device=cuda.
 4. Memory: replay bytes per episode against a naive float32 transition layout.
 
 The learner runs at train's thread count (``--threads``; the headline figures), again on
@@ -679,6 +679,8 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
     e2e_rows = [in_fresh_process(bench_train, "mpe", [], plan.mpe_train_s)]
     if plan.smax_train_s and smax_problem is None:
         e2e_rows.append(in_fresh_process(bench_train, "smax_3m", ["env=smax", "env.map_name=3m"], plan.smax_train_s))
+    if any(d.type == "cuda" for d in devices):
+        e2e_rows.append(in_fresh_process(bench_train, "mpe device=cuda", ["device=cuda"], plan.mpe_train_s))
     for row in e2e_rows:
         if row["steps_per_s"] is None:
             result["notes"].append(f"{row['env']} end to end: no logged interval after the warm-up; "
@@ -749,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer cases, shorter timings (under 5 minutes)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cuda: the learner table on the GPU as well as on the CPU")
+                        help="cuda: the learner table and MPE training on the GPU as well as on the CPU")
     parser.add_argument("--threads", type=int, default=default_threads(),
                         help="torch CPU threads (default: what `wqmix train` uses, half the cores)")
     parser.add_argument("--profile", action="store_true",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -43,6 +44,10 @@ def _quiet_import() -> Iterator[None]:
     finally:
         sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__ = saved
 
+
+# With a CUDA build of jax, jax would take 75% of the GPU's memory at its first call and
+# leave the learner's torch tensors too little; the battles need a few MiB.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 with _quiet_import():
     import jax
