@@ -24,11 +24,15 @@
 
 The learner runs at train's thread count (``--threads``; the headline figures), again on
 all cores (MPE batch 32: ``learner_speedup_all_cores``) and once with the fused GRU kernel
-switched off, each agent on its own ``nn.GRU`` (``learner_speedup_without_kernel``).
+switched off, each agent on its own ``nn.GRU`` (``learner_speedup_without_kernel``). With
+``--device cuda`` the cases again on the GPU, each update replayed as a CUDA graph
+(``learner_speedup_gpu``: MPE batch 32), and MPE batch 32 once launched op by op
+(``learner_speedup_gpu_without_graph``).
 
 The JSON's top level carries the headline figures (``learner_speedup``,
 ``learner_speedup_same_work``, ``learner_speedup_all_cores``,
-``learner_speedup_without_kernel``, ``loss_match``,
+``learner_speedup_without_kernel``, ``learner_speedup_gpu``,
+``learner_speedup_gpu_without_graph``, ``loss_match``,
 ``learner_floor_ratio``, ``collection_ratio``, ``buffer_memory_ratio``,
 ``e2e_env_steps_per_s``); the tables' rows follow under ``learner``, ``collection``,
 ``e2e`` and ``memory``.
@@ -66,6 +70,7 @@ from wqmix_cli.actor import Actor
 from wqmix_cli.buffer import EpisodeBatch, EpisodeBuffer
 from wqmix_cli.config import LearnerConfig, MPEConfig, SMAXConfig
 from wqmix_cli.cpu import default_threads, keep_freed_memory
+from wqmix_cli.cuda_graph import WARMUP_STEPS as GRAPH_WARMUP_STEPS
 from wqmix_cli.envs import make_vector_env
 from wqmix_cli.envs.base import EnvInfo, VectorEnv
 from wqmix_cli.learner import WQMIXLearner
@@ -80,8 +85,10 @@ MATMUL_SHAPE = (800, 256, 256)
 COLLECTION_EPSILON = 0.5
 E2E_LOG_INTERVAL = 500
 KERNEL_OFF = "nn.GRU (kernel off)"
+GRAPH = "nn.GRU, CUDA graph"
+GRAPH_OFF = "nn.GRU (graph off)"
 HEADLINE = ("learner_speedup", "learner_speedup_same_work", "learner_speedup_all_cores",
-            "learner_speedup_without_kernel", "loss_match",
+            "learner_speedup_without_kernel", "learner_speedup_gpu", "learner_speedup_gpu_without_graph", "loss_match",
             "learner_floor_ratio", "collection_ratio", "buffer_memory_ratio", "e2e_env_steps_per_s")
 
 
@@ -274,10 +281,12 @@ def paired_learners(
     return WQMIXLearner(policy, cfg, variant=variant, w=0.1, device=device), reference
 
 
-def compare_losses(ours: WQMIXLearner, reference: ReferenceLearner, batch: EpisodeBatch) -> list[tuple[float, float]]:
-    """(our loss, reference loss) on two consecutive updates on ``batch``: the first checks
-    the forward pass, the second that backward, clipping and the step agree as well."""
-    return [(ours.update(batch)["loss"], reference.update(batch)) for _ in range(2)]
+def compare_losses(
+    ours: WQMIXLearner, reference: ReferenceLearner, batch: EpisodeBatch, updates: int = 2
+) -> list[tuple[float, float]]:
+    """(our loss, reference loss) on consecutive updates on ``batch``: the first checks the
+    forward pass, the next that backward, clipping and the step agree as well."""
+    return [(ours.update(batch)["loss"], reference.update(batch)) for _ in range(updates)]
 
 
 # --------------------------------------------------------------------------------------
@@ -382,13 +391,16 @@ def update_flops(case: LearnerCase) -> int:
     return counter.get_total_flops()
 
 
-def bench_learner(case: LearnerCase, device: torch.device, plan: Plan, flops: int, matmul_rate: float) -> dict:
+def bench_learner(
+    case: LearnerCase, device: torch.device, plan: Plan, flops: int, matmul_rate: float, cuda_graph: bool = True
+) -> dict:
     """Ours, the pymarl-style reference and the same-work per-step loop, from the same
-    weights on the same batch, timed in turns."""
-    learner, reference = paired_learners(case.info, case.variant, device)
+    weights on the same batch, timed in turns. On a GPU the losses are compared until two
+    updates of ours were replayed from the captured graph."""
+    learner, reference = paired_learners(case.info, case.variant, device, LearnerConfig(cuda_graph=cuda_graph))
     same_work = ReferenceLearner(learner.policy, learner.cfg, case.variant, w=0.1, pymarl=False)
     batch = random_batch(case.info, case.batch_size, torch.Generator().manual_seed(1)).to(device)
-    pairs = compare_losses(learner, reference, batch)
+    pairs = compare_losses(learner, reference, batch, updates=GRAPH_WARMUP_STEPS + 2 if device.type == "cuda" else 2)
     match = all(losses_match(a, b) for a, b in pairs) and losses_match(pairs[0][1], same_work.update(batch))
     ours_s, ref_s, same_s = time_alternating(
         [lambda: learner.update(batch), lambda: reference.update(batch), lambda: same_work.update(batch)],
@@ -629,9 +641,13 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
         device = torch.device(device_type)
         rate = rates[f"{device_type} {setting} threads"] = matmul_flops_per_s(device, 1.0)
         cases = plan.learner_cases if setting == threads else (MPE32,)
-        gru = "fused" if device_type == "cpu" and native.gru_kernel() is not None else "nn.GRU"
+        gru = GRAPH if device_type == "cuda" else "fused" if native.gru_kernel() is not None else "nn.GRU"
         learner_rows += [{**bench_learner(case, device, plan, flops[case], rate), "threads": setting, "gru": gru}
                          for case in cases]
+    if "cuda" in (d for d, _ in settings):  # what the graph adds: MPE batch 32, each update launched op by op
+        rate = rates[f"cuda {threads} threads"]
+        learner_rows.append({**bench_learner(MPE32, torch.device("cuda"), plan, flops[MPE32], rate, cuda_graph=False),
+                             "threads": threads, "gru": GRAPH_OFF})
     torch.set_num_threads(threads)
     if native.gru_kernel() is not None:  # what the fused GRU step adds: MPE batch 32 on each agent's nn.GRU
         with without_gru_kernel():
@@ -709,12 +725,16 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
     main_rows = [r for r in mpe32 if r["gru"] != KERNEL_OFF]
     headline, all_cores = main_rows[0], main_rows[-1]
     nn_gru = next((r for r in mpe32 if r["gru"] == KERNEL_OFF), None)
+    gpu32 = {r["gru"]: r["speedup"] for r in learner_rows
+             if r["device"] == "cuda" and r["env"] == "mpe" and r["batch"] == 32}
     collection8 = next(r for r in collection_rows if r["env"] == "mpe" and r["n_envs"] == 8 and r["workers"] == 0)
     result.update(
         learner_speedup=headline["speedup"],
         learner_speedup_same_work=headline["speedup_same_work"],
         learner_speedup_all_cores=all_cores["speedup"],
         learner_speedup_without_kernel=nn_gru["speedup"] if nn_gru else None,
+        learner_speedup_gpu=gpu32.get(GRAPH),
+        learner_speedup_gpu_without_graph=gpu32.get(GRAPH_OFF),
         loss_match=all(r["loss_match"] for r in learner_rows),
         learner_floor_ratio=headline["floor_ratio"],
         collection_ratio=collection8["ratio"],

@@ -114,6 +114,7 @@ class LearnerConfig:
     tau: float = 0.005
     updates_per_episode: float = 1.0
     central_loss_weight: float = 1.0
+    cuda_graph: bool = True
 
 
 @dataclass

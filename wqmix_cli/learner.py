@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from torch import nn
 
 from wqmix_cli.buffer import EpisodeBatch
 from wqmix_cli.config import AGENT_VARIANTS, Config, LearnerConfig
+from wqmix_cli.cuda_graph import GraphedStep
 from wqmix_cli.policy import WQMIXPolicy
 from wqmix_cli.policy.gru import evaluate_agents
 from wqmix_cli.samples import episode_batch_from_sample
@@ -34,6 +35,10 @@ class LossParts:
     w_mean: torch.Tensor
     q_tot_mean: torch.Tensor
     target_mean: torch.Tensor
+
+
+# What ``update`` returns besides ``learning_rate``, in the order ``_step`` stacks them.
+STATS = ("loss", "loss_qmix", "loss_central", "w_mean", "predict_q", "target_q", "grad_norm")
 
 
 def check_variant(variant: str) -> None:
@@ -109,9 +114,11 @@ def wqmix_loss(
 def make_optimizer(params: list[nn.Parameter], cfg: LearnerConfig) -> torch.optim.Optimizer:
     """Adam's fused kernel or RMSprop's multi-tensor step: the per-parameter loop costs an
     update on the CPU about 1 ms (42 parameter tensors, about ten small ops each)."""
+    capturable = params[0].is_cuda  # the step can be part of a CUDA graph (wqmix_cli.cuda_graph)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, fused=True)
-    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps, foreach=True)
+        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, fused=True, capturable=capturable)
+    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps, foreach=True,
+                               capturable=capturable)
 
 
 def make_lr_schedule(
@@ -167,6 +174,8 @@ class WQMIXLearner:
         self.scheduler = scheduler
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.updates = 0
+        graphed = self.device.type == "cuda" and cfg.cuda_graph
+        self._graphed = GraphedStep(self._step, self._check, policy.info.episode_limit) if graphed else None
 
     @classmethod
     def from_config(
@@ -187,15 +196,11 @@ class WQMIXLearner:
     def update(self, sample: EpisodeBatch | Mapping) -> dict[str, float]:
         """One gradient step on a batch of episodes (or transitions, as one-step episodes)."""
         batch = sample if isinstance(sample, EpisodeBatch) else episode_batch_from_sample(sample, self.policy.info)
-        parts = wqmix_loss(self.policy, batch.to(self.device), self.variant, self.w, self.gamma,
-                           self.cfg.central_loss_weight)
-        if not torch.isfinite(parts.total):
-            raise FloatingPointError(f"the loss became {parts.total.item()} at update {self.updates + 1}")
-        self.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.policy.trained_parameters(), self.cfg.grad_clip)
         learning_rate = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        if self._graphed is not None and self.scheduler is None:  # a graph bakes in the learning rate
+            stats = self._graphed.run(batch, self.device)
+        else:
+            stats = self._step(batch.to(self.device), self._check)
         if self.scheduler is not None:
             self.scheduler.step()
         self.updates += 1
@@ -203,16 +208,24 @@ class WQMIXLearner:
             self.policy.sync_targets(self.cfg.tau)
         elif self.updates % self.sync_frequency == 0:
             self.policy.sync_targets()
-        return {
-            "loss": parts.total.item(),
-            "loss_qmix": parts.qmix.item(),
-            "loss_central": parts.central.item(),
-            "w_mean": parts.w_mean.item(),
-            "predict_q": parts.q_tot_mean.item(),
-            "target_q": parts.target_mean.item(),
-            "grad_norm": grad_norm.item(),
-            "learning_rate": learning_rate,
-        }
+        return {**dict(zip(STATS, stats.tolist())), "learning_rate": learning_rate}
+
+    def _step(self, batch: EpisodeBatch, check: Callable[[torch.Tensor], None]) -> torch.Tensor:
+        """Loss, gradients, clipping, ``check(stats)``, optimiser step; -> ``[len(STATS)]``."""
+        parts = wqmix_loss(self.policy, batch, self.variant, self.w, self.gamma, self.cfg.central_loss_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.policy.trained_parameters(), self.cfg.grad_clip)
+        stats = torch.stack([parts.total.detach(), parts.qmix, parts.central, parts.w_mean, parts.q_tot_mean,
+                             parts.target_mean, grad_norm])
+        check(stats)
+        self.optimizer.step()
+        return stats
+
+    def _check(self, stats: torch.Tensor) -> None:
+        loss = stats[0].item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss} at update {self.updates + 1}")
 
     update_recurrent = update
 
@@ -225,6 +238,8 @@ class WQMIXLearner:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if self._graphed is not None:  # the graphs read the optimiser state tensors just replaced
+            self._graphed.reset()
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.updates = state["updates"]
