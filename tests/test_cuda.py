@@ -52,7 +52,7 @@ def test_graphed_updates_on_cuda_follow_the_cpu(variant: str, recurrent: bool, o
         cpu_stats, gpu_stats = cpu.update(batch), gpu.update(batch)
         for key, value in cpu_stats.items():
             assert gpu_stats[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (update, key)
-    assert gpu._graphed.captured == 1
+    assert gpu.cuda_graphs == 1
     gpu_weights = gpu.policy.state_dict()
     for name, weight in cpu.policy.state_dict().items():
         assert gpu_weights[name].is_cuda
@@ -64,14 +64,14 @@ def test_eager_updates_on_cuda_follow_the_cpu():
     for update in range(4):
         batch = random_batch(SMALL_INFO, LENGTHS[update % 2], seed=update)
         assert gpu.update(batch)["loss"] == pytest.approx(cpu.update(batch)["loss"], rel=1e-4, abs=1e-5)
-    assert gpu._graphed is None
+    assert not gpu.uses_cuda_graph and gpu.cuda_graphs == 0
 
 
 def test_a_nan_loss_in_a_replayed_update_stops_with_a_message():
     _, gpu = _learner_pair("cwqmix", True)
     for update in range(UPDATES):
         gpu.update(random_batch(SMALL_INFO, LENGTHS[0], seed=update))
-    assert gpu._graphed.captured == 1
+    assert gpu.cuda_graphs == 1
     batch = random_batch(SMALL_INFO, LENGTHS[0])
     batch.reward[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=f"update {UPDATES + 1}"):

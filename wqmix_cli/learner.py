@@ -193,11 +193,21 @@ class WQMIXLearner:
         return cls(policy, config.learner, config.agent.name, config.agent.w, device, optimizer, scheduler,
                    model_dir, gamma, sync_frequency)
 
+    @property
+    def uses_cuda_graph(self) -> bool:
+        """Whether updates are replayed as CUDA graphs (device cuda, ``cuda_graph``, no lr schedule)."""
+        return self._graphed is not None and self.scheduler is None
+
+    @property
+    def cuda_graphs(self) -> int:
+        """How many CUDA graphs are captured (one per padded batch shape)."""
+        return self._graphed.captured if self._graphed is not None else 0
+
     def update(self, sample: EpisodeBatch | Mapping) -> dict[str, float]:
         """One gradient step on a batch of episodes (or transitions, as one-step episodes)."""
         batch = sample if isinstance(sample, EpisodeBatch) else episode_batch_from_sample(sample, self.policy.info)
         learning_rate = self.optimizer.param_groups[0]["lr"]
-        if self._graphed is not None and self.scheduler is None:  # a graph bakes in the learning rate
+        if self.uses_cuda_graph:
             stats = self._graphed.run(batch, self.device)
         else:
             stats = self._step(batch.to(self.device), self._check)
