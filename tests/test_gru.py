@@ -3,6 +3,7 @@ gradients; without a C compiler the learner falls back to nn.GRU."""
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +106,37 @@ def test_other_agents_run_their_own_forward(agents: list[torch.nn.Module], dtype
     inputs = torch.randn(2, 4, 3, 5, dtype=dtype)
     for ours, agent in zip(evaluate_agents(agents, inputs), agents):
         torch.testing.assert_close(ours, agent(inputs)[0])
+
+
+@needs_compiler
+@pytest.mark.parametrize("n_envs", [1, 5])
+def test_the_actors_c_step_takes_the_torch_steps_actions(n_envs: int) -> None:
+    """Same weights, observations, masks and generator seed: the C step and the torch step
+    choose the same actions and carry the same hidden state, greedy and exploring."""
+    from wqmix_cli.actor import Actor
+    from wqmix_cli.config import LearnerConfig
+    from wqmix_cli.envs.base import EnvInfo
+    from wqmix_cli.policy import WQMIXPolicy
+
+    info = EnvInfo(n_agents=3, obs_dim=7, state_dim=4, n_actions=6, episode_limit=20)
+    policy = WQMIXPolicy(info, LearnerConfig(hidden_dim=16), central=False)
+    in_c, in_torch = Actor(policy, torch.device("cpu"), seed=5), Actor(policy, torch.device("cpu"), seed=5)
+    in_torch._kernel = None
+    assert in_c._kernel is not None
+    rng = torch.Generator().manual_seed(0)
+    chosen = set()
+    for episode in range(3):
+        in_c.start(n_envs)
+        in_torch.start(n_envs)
+        for t in range(info.episode_limit):
+            obs = torch.randn(n_envs, 3, 7, generator=rng).numpy()
+            avail = (torch.rand(n_envs, 3, 6, generator=rng) > 0.5).numpy()
+            avail[..., t % 6] = True
+            epsilon = (0.0, 0.4, 1.0)[(t + episode) % 3]
+            actions = in_c.act(obs, avail, epsilon)
+            assert actions.dtype == np.int64 and actions.shape == (n_envs, 3)
+            np.testing.assert_array_equal(actions, in_torch.act(obs, avail, epsilon))
+            assert np.take_along_axis(avail, actions[..., None], -1).all()
+            chosen.update(actions.flatten().tolist())
+        torch.testing.assert_close(in_c.hidden, in_torch.hidden, rtol=1e-5, atol=1e-6)
+    assert chosen == set(range(6))

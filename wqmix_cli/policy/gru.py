@@ -15,14 +15,12 @@ import torch
 from torch import nn
 
 from wqmix_cli.policy.agents import RNNAgent
-from wqmix_cli.policy.native import gru_kernel
+from wqmix_cli.policy.native import gru_kernel, pointers
 
 
-def _pointers(*tensors: torch.Tensor) -> list[int]:
-    """The kernel's arrays; the caller keeps the tensors alive while they are used."""
-    if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
-        raise RuntimeError("the fused GRU kernel takes contiguous float32 CPU tensors only")
-    return [t.data_ptr() for t in tensors]
+def _float32(*tensors: torch.Tensor) -> None:
+    if any(t.dtype != torch.float32 for t in tensors):
+        raise RuntimeError("the fused GRU kernel takes float32 tensors only")
 
 
 class _FusedGRU(torch.autograd.Function):
@@ -45,7 +43,8 @@ class _FusedGRU(torch.autograd.Function):
         rz = gates_x.new_empty(groups, steps, rows, 2 * h_dim)
         h_n, n = torch.empty_like(out), torch.empty_like(out)
         gates_h, zeros = gates_x.new_zeros(groups, rows, three_h), gates_x.new_zeros(h_dim)
-        arrays = _pointers(gates_x, gates_h, b_ih, b_hh, zeros, rz, h_n, n, out)
+        _float32(gates_x, b_ih, b_hh, w_t)
+        arrays = pointers(gates_x, gates_h, b_ih, b_hh, zeros, rz, h_n, n, out)
         step = gru_kernel().gru_forward_step
         for t in range(steps):
             if t:
@@ -64,7 +63,7 @@ class _FusedGRU(torch.autograd.Function):
         d_gates_x = torch.empty_like(d_gates_h)
         dh_next = out.new_zeros(groups, rows, h_dim)
         dh_z, zeros = torch.empty_like(dh_next), out.new_zeros(h_dim)
-        arrays = _pointers(grad_out, dh_next, rz, h_n, n, out, zeros, d_gates_h, d_gates_x, dh_z)
+        arrays = pointers(grad_out, dh_next, rz, h_n, n, out, zeros, d_gates_h, d_gates_x, dh_z)
         step = gru_kernel().gru_backward_step
         for t in reversed(range(steps)):
             step(groups, steps, rows, h_dim, t, *arrays)

@@ -17,6 +17,7 @@
      zeros   [H]            h_prev at t = 0
 */
 #include <math.h>
+#include <stddef.h>
 
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -92,5 +93,86 @@ void gru_backward_step(long G, long T, long M, long H, long t, const float *grad
                 dhz[j] = dh * z[j];
             }
         }
+    }
+}
+
+/* y = b + x W for x [D] and W row-major [D, K] (a weight matrix transposed): vectorised
+   along K, no horizontal sums. */
+static void affine_t(long D, long K, const float *restrict x, const float *restrict W,
+                     const float *restrict b, float *restrict y)
+{
+    for (long k = 0; k < K; k++)
+        y[k] = b[k];
+    for (long j = 0; j < D; j++) {
+        const float xj = x[j];
+        const float *restrict w = W + j * K;
+#pragma omp simd
+        for (long k = 0; k < K; k++)
+            y[k] += xj * w[k];
+    }
+}
+
+/* The index of the first largest of v[a] over the a with ok[a] (0 when none is). */
+static long first_max(long A, const float *v, const unsigned char *ok)
+{
+    long best = -1;
+    for (long a = 0; a < A; a++)
+        if (ok[a] && (best < 0 || v[a] > v[best]))
+            best = a;
+    return best < 0 ? 0 : best;
+}
+
+/* One epsilon-greedy step of the actor's GRU agent for R = E * N rows (E envs, N agents;
+   row r is agent r % N), from the observations to the actions, in one call: the agent's
+   inputs (observation, one-hot last action, one-hot agent id) enter fc1 as the observation
+   part plus two weight rows; then ReLU, one GRU step (PyTorch's equations, as above), fc2
+   and the choice. The same numbers as the torch path up to float rounding; the random
+   draws come from the caller (torch's generator), so both paths take the same actions.
+
+     obs [R, O] float, last [R] int64 (-1: none), avail [R, A] bool
+     w1t [O + A + N, H], b1 [H]; w_iht, w_hht [H, 3H], b_ih, b_hh [3H]: fc1's and the GRU's
+       weights transposed; w2 [A, H], b2 [A]
+     draws [R, A + 1]: uniform draws (NULL: no exploration); the last of a row is the coin
+       (explore when it is < epsilon), the others score the available actions for exploring
+     hidden [R, H]: h_prev in, h out; actions [R] out */
+void actor_step(long R, long N, long O, long A, long H, const float *obs, const long *last,
+                const unsigned char *avail, const float *w1t, const float *b1,
+                const float *w_iht, const float *b_ih, const float *w_hht, const float *b_hh,
+                const float *w2, const float *b2, const float *draws, float epsilon,
+                float *hidden, long *actions)
+{
+    float x[H], gi[3 * H], gh[3 * H], q[A];
+    for (long r = 0; r < R; r++) {
+        float *restrict h = hidden + r * H;
+        const float *restrict id_row = w1t + (O + A + r % N) * H;
+        const float *restrict act_row = last[r] >= 0 ? w1t + (O + last[r]) * H : NULL;
+        affine_t(O, H, obs + r * O, w1t, b1, x);
+#pragma omp simd
+        for (long k = 0; k < H; k++) {
+            float v = x[k] + id_row[k] + (act_row != NULL ? act_row[k] : 0.0f);
+            x[k] = v > 0.0f ? v : 0.0f;
+        }
+        affine_t(H, 3 * H, x, w_iht, b_ih, gi);
+        affine_t(H, 3 * H, h, w_hht, b_hh, gh);
+#pragma omp simd
+        for (long j = 0; j < H; j++) {
+            float rg = sigmoid(gi[j] + gh[j]);
+            float z = sigmoid(gi[H + j] + gh[H + j]);
+            float n = tanhf(gi[2 * H + j] + rg * gh[2 * H + j]);
+            h[j] = (1.0f - z) * n + z * h[j];
+        }
+        for (long a = 0; a < A; a++) {
+            const float *restrict w = w2 + a * H;
+            float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+            for (long j = 0; j < H; j++)
+                sum += w[j] * h[j];
+            q[a] = b2[a] + sum;
+        }
+        const unsigned char *ok = avail + r * A;
+        long choice = first_max(A, q, ok);
+        if (draws != NULL && draws[r * (A + 1) + A] < epsilon)
+            choice = first_max(A, draws + r * (A + 1), ok);
+        actions[r] = choice;
     }
 }

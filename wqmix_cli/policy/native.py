@@ -1,4 +1,5 @@
-"""Build and load ``gru_kernel.c``, the fused GRU step, with the system C compiler.
+"""Build and load ``gru_kernel.c`` (the learner's fused GRU step and the actor's whole
+step) with the system C compiler.
 
 The library is compiled once per source, compiler and CPU (``-march=native``) into
 ``$WQMIX_CACHE_DIR`` (default ``~/.cache/wqmix``) and loaded with ``ctypes``; compiling
@@ -19,6 +20,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 SOURCE = Path(__file__).with_name("gru_kernel.c")
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared")
 
@@ -26,7 +29,15 @@ _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
 _SIGNATURES = {
     "gru_forward_step": [_LONG] * 5 + [_PTR] * 9,
     "gru_backward_step": [_LONG] * 5 + [_PTR] * 10,
+    "actor_step": [_LONG] * 5 + [_PTR] * 12 + [ctypes.c_float] + [_PTR] * 2,
 }
+
+
+def pointers(*tensors: torch.Tensor) -> list[int]:
+    """The kernel's arrays; the caller keeps the tensors alive while they are used."""
+    if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
+        raise RuntimeError("the fused GRU kernel takes contiguous CPU tensors only")
+    return [t.data_ptr() for t in tensors]
 
 
 def cache_dir() -> Path:
