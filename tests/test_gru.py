@@ -109,17 +109,18 @@ def test_other_agents_run_their_own_forward(agents: list[torch.nn.Module], dtype
 
 
 @needs_compiler
-@pytest.mark.parametrize("n_envs", [1, 5])
-def test_the_actors_c_step_takes_the_torch_steps_actions(n_envs: int) -> None:
+@pytest.mark.parametrize("n_envs, hidden", [(1, 16), (5, 16), (4, 64)])
+def test_the_actors_c_step_takes_the_torch_steps_actions(n_envs: int, hidden: int) -> None:
     """Same weights, observations, masks and generator seed: the C step and the torch step
-    choose the same actions and carry the same hidden state, greedy and exploring."""
+    choose the same actions and carry the same hidden state, greedy and exploring (odd and
+    even row counts, hidden sizes below and at the kernel's 32-column blocks)."""
     from wqmix_cli.actor import Actor
     from wqmix_cli.config import LearnerConfig
     from wqmix_cli.envs.base import EnvInfo
     from wqmix_cli.policy import WQMIXPolicy
 
     info = EnvInfo(n_agents=3, obs_dim=7, state_dim=4, n_actions=6, episode_limit=20)
-    policy = WQMIXPolicy(info, LearnerConfig(hidden_dim=16), central=False)
+    policy = WQMIXPolicy(info, LearnerConfig(hidden_dim=hidden), central=False)
     in_c, in_torch = Actor(policy, torch.device("cpu"), seed=5), Actor(policy, torch.device("cpu"), seed=5)
     in_torch._kernel = None
     assert in_c._kernel is not None

@@ -96,20 +96,40 @@ void gru_backward_step(long G, long T, long M, long H, long t, const float *grad
     }
 }
 
-/* y = b + x W for x [D] and W row-major [D, K] (a weight matrix transposed): vectorised
-   along K, no horizontal sums. */
-static void affine_t(long D, long K, const float *restrict x, const float *restrict W,
-                     const float *restrict b, float *restrict y)
+/* Y[m] = b + X[m] W for M = 1 or 2 rows: X [M, D] (rows ldx apart), W row-major [D, K]
+   (a weight matrix transposed), Y [M, K]. CB outputs of both rows at a time: their sums stay
+   in registers while W's rows stream past, each loaded once for both. */
+#define CB 32
+static void affine_rows(long M, long D, long K, const float *restrict X, long ldx,
+                        const float *restrict W, const float *restrict b, float *restrict Y)
 {
-    for (long k = 0; k < K; k++)
-        y[k] = b[k];
-    for (long j = 0; j < D; j++) {
-        const float xj = x[j];
-        const float *restrict w = W + j * K;
-#pragma omp simd
-        for (long k = 0; k < K; k++)
-            y[k] += xj * w[k];
+    const float *restrict x0 = X, *restrict x1 = M > 1 ? X + ldx : X;
+    long k0 = 0;
+    for (; k0 + CB <= K; k0 += CB) {
+        float a0[CB], a1[CB];
+        for (int i = 0; i < CB; i++)
+            a0[i] = a1[i] = b[k0 + i];
+        for (long j = 0; j < D; j++) {
+            const float u = x0[j], v = x1[j];
+            const float *restrict w = W + j * K + k0;
+            for (int i = 0; i < CB; i++) {
+                a0[i] += u * w[i];
+                a1[i] += v * w[i];
+            }
+        }
+        for (int i = 0; i < CB; i++) {
+            Y[k0 + i] = a0[i];
+            if (M > 1)
+                Y[K + k0 + i] = a1[i];
+        }
     }
+    for (long m = 0; m < M; m++)
+        for (long k = k0; k < K; k++) {
+            float sum = b[k];
+            for (long j = 0; j < D; j++)
+                sum += X[m * ldx + j] * W[j * K + k];
+            Y[m * K + k] = sum;
+        }
 }
 
 /* The index of the first largest of v[a] over the a with ok[a] (0 when none is). */
@@ -141,38 +161,47 @@ void actor_step(long R, long N, long O, long A, long H, const float *obs, const 
                 const float *w2, const float *b2, const float *draws, float epsilon,
                 float *hidden, long *actions)
 {
-    float x[H], gi[3 * H], gh[3 * H], q[A];
-    for (long r = 0; r < R; r++) {
-        float *restrict h = hidden + r * H;
-        const float *restrict id_row = w1t + (O + A + r % N) * H;
-        const float *restrict act_row = last[r] >= 0 ? w1t + (O + last[r]) * H : NULL;
-        affine_t(O, H, obs + r * O, w1t, b1, x);
+    float x[2 * H], gi[2 * 3 * H], gh[2 * 3 * H], q[A];
+    for (long r0 = 0; r0 < R; r0 += 2) {
+        const long M = R - r0 < 2 ? R - r0 : 2;
+        affine_rows(M, O, H, obs + r0 * O, O, w1t, b1, x);
+        for (long m = 0; m < M; m++) {
+            const long r = r0 + m;
+            const float *restrict id_row = w1t + (O + A + r % N) * H;
+            const float *restrict act_row = last[r] >= 0 ? w1t + (O + last[r]) * H : NULL;
+            float *restrict xm = x + m * H;
 #pragma omp simd
-        for (long k = 0; k < H; k++) {
-            float v = x[k] + id_row[k] + (act_row != NULL ? act_row[k] : 0.0f);
-            x[k] = v > 0.0f ? v : 0.0f;
+            for (long k = 0; k < H; k++) {
+                float v = xm[k] + id_row[k] + (act_row != NULL ? act_row[k] : 0.0f);
+                xm[k] = v > 0.0f ? v : 0.0f;
+            }
         }
-        affine_t(H, 3 * H, x, w_iht, b_ih, gi);
-        affine_t(H, 3 * H, h, w_hht, b_hh, gh);
+        affine_rows(M, H, 3 * H, x, H, w_iht, b_ih, gi);
+        affine_rows(M, H, 3 * H, hidden + r0 * H, H, w_hht, b_hh, gh);
+        for (long m = 0; m < M; m++) {
+            const long r = r0 + m;
+            float *restrict h = hidden + r * H;
+            const float *restrict gim = gi + m * 3 * H, *restrict ghm = gh + m * 3 * H;
 #pragma omp simd
-        for (long j = 0; j < H; j++) {
-            float rg = sigmoid(gi[j] + gh[j]);
-            float z = sigmoid(gi[H + j] + gh[H + j]);
-            float n = tanhf(gi[2 * H + j] + rg * gh[2 * H + j]);
-            h[j] = (1.0f - z) * n + z * h[j];
-        }
-        for (long a = 0; a < A; a++) {
-            const float *restrict w = w2 + a * H;
-            float sum = 0.0f;
+            for (long j = 0; j < H; j++) {
+                float rg = sigmoid(gim[j] + ghm[j]);
+                float z = sigmoid(gim[H + j] + ghm[H + j]);
+                float n = tanhf(gim[2 * H + j] + rg * ghm[2 * H + j]);
+                h[j] = (1.0f - z) * n + z * h[j];
+            }
+            for (long a = 0; a < A; a++) {
+                const float *restrict w = w2 + a * H;
+                float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-            for (long j = 0; j < H; j++)
-                sum += w[j] * h[j];
-            q[a] = b2[a] + sum;
+                for (long j = 0; j < H; j++)
+                    sum += w[j] * h[j];
+                q[a] = b2[a] + sum;
+            }
+            const unsigned char *ok = avail + r * A;
+            long choice = first_max(A, q, ok);
+            if (draws != NULL && draws[r * (A + 1) + A] < epsilon)
+                choice = first_max(A, draws + r * (A + 1), ok);
+            actions[r] = choice;
         }
-        const unsigned char *ok = avail + r * A;
-        long choice = first_max(A, q, ok);
-        if (draws != NULL && draws[r * (A + 1) + A] < epsilon)
-            choice = first_max(A, draws + r * (A + 1), ok);
-        actions[r] = choice;
     }
 }
