@@ -4,8 +4,8 @@ step) with the system C compiler.
 The library is compiled once per source, compiler and CPU (``-march=native``) into
 ``$WQMIX_CACHE_DIR`` (default ``~/.cache/wqmix``) and loaded with ``ctypes``; compiling
 takes about a second. Where there is no compiler, or ``WQMIX_NATIVE_GRU=0``, ``gru_kernel()``
-returns None and the learner runs each agent's own ``nn.GRU`` instead (same values, slower
-on the CPU).
+returns None and the learner runs each agent's own ``nn.GRU`` instead, and the actor its
+torch step (same values, slower on the CPU).
 """
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ def gru_kernel() -> ctypes.CDLL | None:
     except (OSError, subprocess.CalledProcessError) as error:
         lines = (getattr(error, "stderr", None) or "").strip().splitlines()
         detail = lines[-1] if lines else error
-        warnings.warn(f"wqmix: the fused GRU kernel could not be built ({detail}); the learner runs each "
-                      "agent's nn.GRU instead (same results, slower on the CPU; $CC picks the compiler, "
+        warnings.warn(f"wqmix: the fused GRU kernel could not be built ({detail}); the learner and the actor "
+                      "run PyTorch's nn.GRU instead (same results, slower on the CPU; $CC picks the compiler, "
                       "$WQMIX_CACHE_DIR the folder)", stacklevel=2)
         return None
     for name, argtypes in _SIGNATURES.items():
