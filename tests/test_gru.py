@@ -51,6 +51,14 @@ def test_without_the_kernel_agents_run_their_own_gru(
     inputs = torch.randn(2, 4, 3, 5)
     for ours, agent in zip(evaluate_agents(agents, inputs), agents):
         assert torch.equal(ours, agent(inputs)[0])
+    from wqmix_cli.actor import Actor
+    from wqmix_cli.config import LearnerConfig
+    from wqmix_cli.envs.base import EnvInfo
+    from wqmix_cli.policy import WQMIXPolicy
+
+    actor = Actor(WQMIXPolicy(EnvInfo(2, 3, 4, 3, 5), LearnerConfig(hidden_dim=8), central=False), torch.device("cpu"))
+    actor.start(1)
+    assert actor._kernel is None and actor.act(np.zeros((1, 2, 3), np.float32), np.ones((1, 2, 3), bool), 0.5).shape == (1, 2)
     assert not list(fresh_kernel.glob("*.so"))
 
 
