@@ -88,3 +88,16 @@ def test_a_cuda_run_resumes_on_the_gpu_and_evaluates_on_the_cpu(tmp_path, extra)
     assert state["counters"]["t_env"] == 300 and state["learner"]["updates"] > WARMUP_STEPS
     assert all(t.device.type == "cpu" and t.isfinite().all() for t in state["policy"].values())
     assert main(["evaluate", f"checkpoint={run}", "device=cpu", "episodes=2"]) == 0
+
+
+def test_deterministic_cuda_runs_repeat_bit_for_bit(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    losses = []
+    for name in ("first", "second"):
+        run = tmp_path / name
+        assert main(["train", *TINY, "device=cuda", "deterministic=true", "t_max=300", f"hydra.run.dir={run}"]) == 0
+        events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+        events.Reload()
+        losses.append([(e.step, e.value) for e in events.Scalars("loss/total")])
+    assert losses[0] == losses[1] and len(losses[0]) >= 2
