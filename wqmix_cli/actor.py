@@ -45,35 +45,44 @@ class Actor:
 
     def start(self, n_envs: int) -> None:
         """Forget the GRU state and last actions: E new episodes begin."""
+        n = self.policy.info.n_agents
         self.hidden = None
-        self.last_actions = torch.full((n_envs, 1, self.policy.info.n_agents), -1, device=self.device)
+        self.last_actions = torch.full((n_envs, 1, n), -1, device=self.device)
+        self._draws: torch.Tensor | None = None
+        self._drawn = 0
         if self._kernel is not None:
             agent, rnn = self.agent, self.agent.rnn
-            self._hidden_size = rnn.hidden_size
-            self.hidden = torch.zeros(1, n_envs * self.policy.info.n_agents, rnn.hidden_size)
+            self.hidden = torch.zeros(1, n_envs * n, rnn.hidden_size)
+            self._last = np.full((n_envs, n), -1, dtype=np.int64)
             self._weights = [agent.fc1.weight.detach().t().contiguous(), agent.fc1.bias.detach(),
                              rnn.weight_ih_l0.detach().t().contiguous(), rnn.bias_ih_l0.detach(),
                              rnn.weight_hh_l0.detach().t().contiguous(), rnn.bias_hh_l0.detach(),
                              agent.fc2.weight.detach(), agent.fc2.bias.detach()]
-            self._weight_pointers = pointers(*self._weights)
+            self._c_state = (rnn.hidden_size, pointers(*self._weights), self.hidden.data_ptr())
 
     def act(self, obs: np.ndarray, avail: np.ndarray, epsilon: float) -> np.ndarray:
         """obs ``[E, N, O]``, avail ``[E, N, A]`` bool -> actions ``[E, N]`` int64.
 
         Each agent explores with probability ``epsilon``, uniformly over its available
-        actions; otherwise it takes its greedy available action. Both paths draw the same
-        numbers from the generator (``[E, N, A + 1]``: the scores that pick the exploratory
-        action, then the coin), so they take the same actions.
+        actions; otherwise it takes its greedy available action. Both paths read the same
+        uniform draws (``_next_draw``), so they take the same actions.
         """
         if self._kernel is not None:
             return self._act_in_c(obs, avail, epsilon)
         return self._act_in_torch(obs, avail, epsilon)
 
-    def _draws(self, avail_shape: torch.Size, epsilon: float) -> torch.Tensor | None:
+    def _next_draw(self, e: int, n: int, a: int, epsilon: float) -> int | None:
+        """The index into ``self._draws`` of this step's uniform draws ``[E, N, A + 1]`` (the
+        scores that pick an exploratory action, then the coin), or None when epsilon is 0.
+        They are drawn an episode's worth at a time: one generator call, not one a step."""
         if epsilon <= 0:
             return None
-        e, n, a = avail_shape
-        return torch.rand(e, n, a + 1, generator=self.generator, device=self.device)
+        if self._draws is None or self._drawn == len(self._draws) or self._draws.shape[1:] != (e, n, a + 1):
+            limit = self.policy.info.episode_limit
+            self._draws = torch.rand(limit, e, n, a + 1, generator=self.generator, device=self.device)
+            self._drawn = 0
+        self._drawn += 1
+        return self._drawn - 1
 
     @torch.inference_mode()
     def _act_in_torch(self, obs: np.ndarray, avail: np.ndarray, epsilon: float) -> np.ndarray:
@@ -82,24 +91,27 @@ class Actor:
         inputs = self.policy.agent_inputs(obs_t, self.last_actions)
         q, self.hidden = self.agent(inputs, self.hidden)
         greedy = q[:, 0].masked_fill(~avail_t, -torch.inf).argmax(-1)
-        draws = self._draws(avail_t.shape, epsilon)
-        if draws is not None:
+        step = self._next_draw(*avail_t.shape, epsilon)
+        if step is not None:
+            draws = self._draws[step]
             random = draws[..., :-1].masked_fill(~avail_t, -1.0).argmax(-1)
             greedy = torch.where(draws[..., -1] < epsilon, random, greedy)
         self.last_actions = greedy.unsqueeze(1)
         return greedy.cpu().numpy()
 
     def _act_in_c(self, obs: np.ndarray, avail: np.ndarray, epsilon: float) -> np.ndarray:
-        """One call of ``actor_step`` (``gru_kernel.c``) with the weights as they were at ``start``."""
+        """One call of ``actor_step`` (``gru_kernel.c``) with the weights as they were at
+        ``start``. numpy arrays and raw pointers only: each torch op here cost 10-20 us
+        between env steps, as much as the C step itself."""
         e, n, o = obs.shape
-        obs_t = torch.from_numpy(np.ascontiguousarray(obs, dtype=np.float32))
-        avail_t = torch.from_numpy(np.ascontiguousarray(avail, dtype=bool))
-        actions = torch.empty(e, 1, n, dtype=torch.long)
-        draws = self._draws(avail_t.shape, epsilon)
-        # Every array is contiguous: made so here, or allocated by start() and this method.
-        self._kernel.actor_step(e * n, n, o, avail_t.shape[-1], self._hidden_size, obs_t.data_ptr(),
-                                self.last_actions.data_ptr(), avail_t.data_ptr(), *self._weight_pointers,
-                                None if draws is None else draws.data_ptr(), epsilon, self.hidden.data_ptr(),
-                                actions.data_ptr())
-        self.last_actions = actions
-        return actions[:, 0].numpy()
+        a = avail.shape[-1]
+        obs = np.ascontiguousarray(obs, dtype=np.float32)
+        avail = np.ascontiguousarray(avail, dtype=bool)
+        actions = np.empty((e, n), dtype=np.int64)
+        step = self._next_draw(e, n, a, epsilon)
+        draws = None if step is None else self._draws.data_ptr() + step * e * n * (a + 1) * 4
+        hidden_size, weights, hidden = self._c_state
+        self._kernel.actor_step(e * n, n, o, a, hidden_size, obs.ctypes.data, self._last.ctypes.data,
+                                avail.ctypes.data, *weights, draws, epsilon, hidden, actions.ctypes.data)
+        self._last = actions
+        return actions
