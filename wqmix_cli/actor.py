@@ -47,10 +47,11 @@ class Actor:
         """Forget the GRU state and last actions: E new episodes begin."""
         n = self.policy.info.n_agents
         self.hidden = None
-        self.last_actions = torch.full((n_envs, 1, n), -1, device=self.device)
         self._draws: torch.Tensor | None = None
         self._drawn = 0
-        if self._kernel is not None:
+        if self._kernel is None:
+            self.last_actions = torch.full((n_envs, 1, n), -1, device=self.device)
+        else:
             agent, rnn = self.agent, self.agent.rnn
             self.hidden = torch.zeros(1, n_envs * n, rnn.hidden_size)
             self._last = np.full((n_envs, n), -1, dtype=np.int64)
