@@ -72,13 +72,11 @@ class GraphedStep:
                 return self._step(batch.to(device), self._check)
             slot = self._captured[key] = _Captured(_padded_like(batch, steps, device))
         _fill(slot.inputs, batch)
-        if slot.graph is None and (self._failed or slot.steps < WARMUP_STEPS):
+        if slot.graph is None and not self._failed and slot.steps >= WARMUP_STEPS:
+            self._capture(slot)
+        if slot.graph is None:  # still warming up, or the capture failed
             slot.steps += 1
             return self._on_side_stream(lambda: self._step(slot.inputs, self._check))
-        if slot.graph is None:
-            self._capture(slot)
-            if slot.graph is None:
-                return self._on_side_stream(lambda: self._step(slot.inputs, self._check))
         slot.graph.replay()
         self._check(slot.stats)
         return slot.stats
