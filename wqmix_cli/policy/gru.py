@@ -18,11 +18,6 @@ from wqmix_cli.policy.agents import RNNAgent
 from wqmix_cli.policy.native import gru_kernel, pointers
 
 
-def _float32(*tensors: torch.Tensor) -> None:
-    if any(t.dtype != torch.float32 for t in tensors):
-        raise RuntimeError("the fused GRU kernel takes float32 tensors only")
-
-
 class _FusedGRU(torch.autograd.Function):
     """h_t = GRU(x_t, h_{t-1}) from h_{-1} = 0 for G networks at once (PyTorch's gate
     equations: r and z from sigmoid, n = tanh(x_n + r * (W_hn h + b_hn))).
@@ -43,7 +38,6 @@ class _FusedGRU(torch.autograd.Function):
         rz = gates_x.new_empty(groups, steps, rows, 2 * h_dim)
         h_n, n = torch.empty_like(out), torch.empty_like(out)
         gates_h, zeros = gates_x.new_zeros(groups, rows, three_h), gates_x.new_zeros(h_dim)
-        _float32(gates_x, b_ih, b_hh, w_t)
         arrays = pointers(gates_x, gates_h, b_ih, b_hh, zeros, rz, h_n, n, out)
         step = gru_kernel().gru_forward_step
         for t in range(steps):

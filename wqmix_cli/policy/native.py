@@ -35,8 +35,8 @@ _SIGNATURES = {
 
 def pointers(*tensors: torch.Tensor) -> list[int]:
     """The kernel's arrays; the caller keeps the tensors alive while they are used."""
-    if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
-        raise RuntimeError("the fused GRU kernel takes contiguous CPU tensors only")
+    if not all(t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        raise RuntimeError("the fused GRU kernel takes contiguous float32 CPU tensors only")
     return [t.data_ptr() for t in tensors]
 
 
