@@ -281,12 +281,10 @@ def paired_learners(
     return WQMIXLearner(policy, cfg, variant=variant, w=0.1, device=device), reference
 
 
-def compare_losses(
-    ours: WQMIXLearner, reference: ReferenceLearner, batch: EpisodeBatch, updates: int = 2
-) -> list[tuple[float, float]]:
-    """(our loss, reference loss) on consecutive updates on ``batch``: the first checks the
-    forward pass, the next that backward, clipping and the step agree as well."""
-    return [(ours.update(batch)["loss"], reference.update(batch)) for _ in range(updates)]
+def compare_losses(ours: WQMIXLearner, reference: ReferenceLearner, batch: EpisodeBatch) -> list[tuple[float, float]]:
+    """(our loss, reference loss) on two consecutive updates on ``batch``: the first checks
+    the forward pass, the second that backward, clipping and the step agree as well."""
+    return [(ours.update(batch)["loss"], reference.update(batch)) for _ in range(2)]
 
 
 def replayed_losses_match(ours: WQMIXLearner, batch: EpisodeBatch) -> bool:
