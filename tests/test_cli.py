@@ -1,6 +1,9 @@
 """Bad input: one line on stderr naming what was wrong and what is allowed, exit 2, no traceback."""
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +83,18 @@ def test_unknown_smax_map_lists_the_known_ones(capsys):
     assert main(["train", "env=smax", "env.map_name=4m"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "env.map_name='4m' is not a SMAX map; allowed:" in err and "3s5z" in err
+
+
+@pytest.mark.slow
+def test_a_wheel_install_carries_every_config(tmp_path):
+    """`pip install .` (not -e) must ship ``conf/``: the wheel holds it as ``wqmix_cli/conf``."""
+    root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "source"  # a copy: a stale build/ in the checkout would hide a missing file
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "docs", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("wqmix-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    configs = {f"wqmix_cli/conf/{p.relative_to(root / 'conf').as_posix()}" for p in (root / "conf").rglob("*.yaml")}
+    assert len(configs) >= 10
+    assert configs <= shipped

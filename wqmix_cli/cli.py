@@ -12,7 +12,16 @@ import sys
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _conf_dir() -> Path:
+    """``conf/`` inside an installed wheel (``wqmix_cli/conf``), else beside the package in a checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 GROUPS = ("env", "agent", "learner")
 USAGE = """usage: wqmix <command> [overrides]
 
