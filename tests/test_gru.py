@@ -70,13 +70,16 @@ def _grads(agents: list[torch.nn.Module]) -> list[torch.Tensor]:
 
 
 @needs_compiler
-@pytest.mark.parametrize("hidden", [16, 13], ids=["vector-width", "remainder"])
-def test_stacked_agents_match_their_own_forward_and_gradients(hidden: int) -> None:
+@pytest.mark.parametrize(
+    "hidden, batch", [(16, 3), (13, 3), (16, 7)], ids=["vector-width", "remainder", "row-blocks-and-rest"]
+)
+def test_stacked_agents_match_their_own_forward_and_gradients(hidden: int, batch: int) -> None:
+    """2 agents x ``batch`` episodes = 6 rows (one register block) or 14 (two blocks, 2 rows over)."""
     assert native.gru_kernel() is not None
     torch.manual_seed(0)
     agents = [RNNAgent(7, 4, hidden_dim=hidden), RNNAgent(7, 4, hidden_dim=hidden)]
-    inputs = torch.randn(3, 9, 2, 7)
-    upstream = torch.randn(2, 3, 9, 2, 4)
+    inputs = torch.randn(batch, 9, 2, 7)
+    upstream = torch.randn(2, batch, 9, 2, 4)
 
     stacked = evaluate_agents(agents, inputs)
     sum((q * u).sum() for q, u in zip(stacked, upstream)).backward()
@@ -86,7 +89,7 @@ def test_stacked_agents_match_their_own_forward_and_gradients(hidden: int) -> No
     alone_grads = _grads(agents)
 
     for ours, theirs in zip(stacked, alone):
-        assert ours.shape == (3, 9, 2, 4)
+        assert ours.shape == (batch, 9, 2, 4)
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     for ours, theirs in zip(stacked_grads, alone_grads):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
@@ -149,3 +152,27 @@ def test_the_actors_c_step_takes_the_torch_steps_actions(n_envs: int, hidden: in
             chosen.update(actions.flatten().tolist())
         torch.testing.assert_close(in_c.hidden, in_torch.hidden, rtol=1e-5, atol=1e-6)
     assert chosen == set(range(6))
+
+
+@needs_compiler
+def test_threads_split_the_rows_without_changing_a_bit() -> None:
+    """Sequences are independent: 45 rows split among 1, 2 or 3 threads give the same values
+    (bit for bit; the gradients also pass through torch's matmuls, whose sums may be split)."""
+    torch.manual_seed(0)
+    agents = [RNNAgent(7, 4, hidden_dim=16), RNNAgent(7, 4, hidden_dim=16)]
+    inputs = torch.randn(15, 6, 3, 7)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            q = evaluate_agents(agents, inputs)
+            sum(x.square().sum() for x in q).backward()
+            results.append((q, _grads(agents)))
+    finally:
+        torch.set_num_threads(previous)
+    (q1, g1), *others = results
+    for q, g in others:
+        assert all(torch.equal(a, b) for a, b in zip(q, q1))
+        for a, b in zip(g, g1):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

@@ -3,10 +3,11 @@
 On the CPU an update's GRUs are tiny (``[B*N, 64]`` per step) and cost what their ops cost
 to launch as much as their FLOPs; autograd through ``nn.GRU`` records about ten nodes per
 step per network. Here G networks of the same shape that read the same inputs (the online
-and the central agent; a target network alone) step together: per step one batched matmul
-and one fused C loop (``gru_kernel.c``: gates, sigmoid, tanh and the new state in one pass)
-for all of them, with a hand-written backward of one fused loop and one matmul per step
-that leaves the weight gradients to one batched matmul over the whole sequence. Where the
+and the central agent; a target network alone) run together: the input projections of all
+steps are one batched matmul, and the recurrence is one C call (``gru_kernel.c``: per block
+of rows the recurrent matmul and the gates, all T steps, rows split among threads), with a
+hand-written backward of one more C call that leaves the weight gradients to one batched
+matmul over the whole sequence. Where the
 kernel cannot be built, and on a GPU (cuDNN), each network runs its own ``nn.GRU``.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ class _FusedGRU(torch.autograd.Function):
 
     gates_x ``[G, T, M, 3H]`` (input projections ``W_ih x``), b_ih ``[G, 3H]``, w_hh
     ``[G, 3H, H]``, b_hh ``[G, 3H]`` -> hidden states ``[G, T, M, H]``; float32 on the CPU.
+    Each direction is one C call over all T steps, its M sequences split among torch's
+    threads; the weight and bias gradients are then a few matmuls and sums over all steps.
     """
 
     @staticmethod
@@ -32,18 +35,13 @@ class _FusedGRU(torch.autograd.Function):
     ) -> torch.Tensor:
         groups, steps, rows, three_h = gates_x.shape
         h_dim = three_h // 3
-        gates_x, b_ih, b_hh = gates_x.contiguous(), b_ih.contiguous(), b_hh.contiguous()
-        w_t = w_hh.transpose(1, 2).contiguous()
+        gates_x, b_ih, b_hh, w_hh = gates_x.contiguous(), b_ih.contiguous(), b_hh.contiguous(), w_hh.contiguous()
         out = gates_x.new_empty(groups, steps, rows, h_dim)
         rz = gates_x.new_empty(groups, steps, rows, 2 * h_dim)
         h_n, n = torch.empty_like(out), torch.empty_like(out)
-        gates_h, zeros = gates_x.new_zeros(groups, rows, three_h), gates_x.new_zeros(h_dim)
-        arrays = pointers(gates_x, gates_h, b_ih, b_hh, zeros, rz, h_n, n, out)
-        step = gru_kernel().gru_forward_step
-        for t in range(steps):
-            if t:
-                torch.bmm(out[:, t - 1], w_t, out=gates_h)
-            step(groups, steps, rows, h_dim, t, *arrays)
+        w_t = w_hh.transpose(1, 2).contiguous()
+        arrays = pointers(gates_x, b_ih, w_t, b_hh, rz, h_n, n, out)
+        gru_kernel().gru_forward(groups, steps, rows, h_dim, torch.get_num_threads(), *arrays)
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(out, rz, h_n, n, w_hh)
         return out
@@ -52,17 +50,11 @@ class _FusedGRU(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out, rz, h_n, n, w_hh = ctx.saved_tensors
         groups, steps, rows, h_dim = out.shape
-        grad_out, w_hh = grad_out.contiguous(), w_hh.contiguous()
         d_gates_h = out.new_empty(groups, steps, rows, 3 * h_dim)
         d_gates_x = torch.empty_like(d_gates_h)
-        dh_next = out.new_zeros(groups, rows, h_dim)
-        dh_z, zeros = torch.empty_like(dh_next), out.new_zeros(h_dim)
-        arrays = pointers(grad_out, dh_next, rz, h_n, n, out, zeros, d_gates_h, d_gates_x, dh_z)
-        step = gru_kernel().gru_backward_step
-        for t in reversed(range(steps)):
-            step(groups, steps, rows, h_dim, t, *arrays)
-            if t:
-                torch.baddbmm(dh_z, d_gates_h[:, t], w_hh, out=dh_next)
+        grad_out = grad_out.contiguous()
+        arrays = pointers(grad_out, rz, h_n, n, out, w_hh, d_gates_h, d_gates_x)
+        gru_kernel().gru_backward(groups, steps, rows, h_dim, torch.get_num_threads(), *arrays)
         # h_{-1} = 0, so step 0 adds nothing to the gradient of W_hh.
         later = d_gates_h[:, 1:].reshape(groups, (steps - 1) * rows, 3 * h_dim)
         d_w_hh = torch.bmm(later.transpose(1, 2), out[:, :-1].reshape(groups, (steps - 1) * rows, h_dim))

@@ -1,135 +1,235 @@
-/* The element-wise part of one GRU time step, fused, for G networks of M rows each.
+/* The learner's GRU over whole sequences and the actor's whole step, in C.
 
-   PyTorch's gate equations (r, z from sigmoid; n = tanh(x_n + r * (W_hn h + b_hn));
-   h = (1 - z) * n + z * h_prev). The matmuls stay in torch (MKL); these loops replace the
-   six to eight separate tensor ops per step, each of which reads and writes the whole
-   [G, M, H] block. Built and loaded by wqmix_cli/policy/native.py; float32, contiguous.
+   PyTorch's gate equations: r, z = sigmoid(W_i{r,z} x + b_i{r,z} + W_h{r,z} h_prev + b_h{r,z});
+   n = tanh(W_in x + b_in + r * (W_hn h_prev + b_hn)); h = (1 - z) * n + z * h_prev.
 
-   Layouts (row = (g * T + t) * M + m):
+   On the CPU an update's GRU steps are small ([G, M, 64] per step): as torch ops, each step
+   of each pass costs a matmul call that packs its operands, six to eight element-wise ops
+   that each read and write the whole block, and the Python around them. Here one call runs
+   all T steps: per block of 6 rows the recurrent matmul (register-blocked, below), then the
+   gates, while the block is still in cache. Rows are independent sequences, so they are
+   split among threads. The input projections W_ih x of all steps stay one torch matmul.
+   Built and loaded by wqmix_cli/policy/native.py; float32, contiguous.
+
+   Layouts of the learner's kernels (row = (g * T + t) * M + m: network g, step t, sequence m):
      gates_x [G, T, M, 3H]  input projections W_ih x, without b_ih
-     gates_h [G, M, 3H]     W_hh h_prev of this step, without b_hh
-     b_ih    [G, 3H]
-     b_hh    [G, 3H]
+     b_ih, b_hh [G, 3H]
+     w_t     [G, H, 3H]     W_hh transposed (forward); w_hh [G, 3H, H] as stored (backward)
      rz      [G, T, M, 2H]  r and z after the sigmoid
      h_n     [G, T, M, H]   W_hn h_prev + b_hn
      n       [G, T, M, H]   candidate after the tanh
-     out     [G, T, M, H]   hidden states; out at t - 1 is h_prev
-     zeros   [H]            h_prev at t = 0
+     out     [G, T, M, H]   hidden states; out at t - 1 is h_prev, and h_prev = 0 at t = 0
 */
 #include <math.h>
-#include <stddef.h>
+#include <pthread.h>
+#include <stdlib.h>
 
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-void gru_forward_step(long G, long T, long M, long H, long t, const float *gates_x,
-                      const float *gates_h, const float *b_ih, const float *b_hh,
-                      const float *zeros,
-                      float *rz, float *h_n, float *n, float *out)
+/* GCC/Clang vectors: AVX registers on x86, pairs of NEON registers on ARM. */
+typedef float vec8 __attribute__((vector_size(32)));
+typedef float vec8u __attribute__((vector_size(32), aligned(4), may_alias));
+
+#define RB 6 /* rows per register block: 6 x 16 sums in 12 vector registers */
+
+/* Columns [k0, k0 + 16) of rows < rb: Y = C + X W. Inlined with a constant rb, so the sums
+   stay in registers while W's rows stream past, each loaded once for all rb rows. */
+static inline __attribute__((always_inline)) void gemm_block(int rb, long D, long K, long k0,
+    const float *restrict X, long ldx, const float *restrict W, const float *restrict C, long ldc,
+    float *restrict Y, long ldy)
 {
-    for (long g = 0; g < G; g++) {
-        const float *restrict bx = b_ih + g * 3 * H;
-        const float *restrict b = b_hh + g * 3 * H;
-        for (long m = 0; m < M; m++) {
-            long row = (g * T + t) * M + m;
-            const float *restrict x = gates_x + row * 3 * H;
-            const float *restrict gh = gates_h + (g * M + m) * 3 * H;
-            const float *restrict prev = t > 0 ? out + (row - M) * H : zeros;
-            float *restrict rz_row = rz + row * 2 * H;
-            float *restrict hn_row = h_n + row * H;
-            float *restrict n_row = n + row * H;
-            float *restrict h_row = out + row * H;
-#pragma omp simd
-            for (long j = 0; j < 2 * H; j++)
-                rz_row[j] = sigmoid(x[j] + bx[j] + gh[j] + b[j]);
-#pragma omp simd
-            for (long j = 0; j < H; j++) {
-                float hn = gh[2 * H + j] + b[2 * H + j];
-                float nv = 2.0f * sigmoid(2.0f * (x[2 * H + j] + bx[2 * H + j] + rz_row[j] * hn)) - 1.0f;  /* tanh */
-                float z = rz_row[H + j];
-                hn_row[j] = hn;
-                n_row[j] = nv;
-                h_row[j] = nv + z * (prev[j] - nv);
-            }
+    vec8 a[RB][2];
+    for (int i = 0; i < rb; i++)
+        for (int v = 0; v < 2; v++)
+            a[i][v] = C != NULL ? (vec8)*(const vec8u *)(C + i * ldc + k0 + 8 * v) : (vec8){0};
+    for (long d = 0; d < D; d++) {
+        const vec8 w0 = *(const vec8u *)(W + d * K + k0), w1 = *(const vec8u *)(W + d * K + k0 + 8);
+        for (int i = 0; i < rb; i++) {
+            const float x = X[i * ldx + d];
+            a[i][0] += x * w0;
+            a[i][1] += x * w1;
         }
+    }
+    for (int i = 0; i < rb; i++)
+        for (int v = 0; v < 2; v++)
+            *(vec8u *)(Y + i * ldy + k0 + 8 * v) = a[i][v];
+}
+
+/* Y [R, K] = C [R, K] + X [R, D] W [D, K]; X, C and Y rows ldx, ldc and ldy apart (ldc = 0
+   repeats one row of C, a bias; C = NULL adds nothing); W row-major (a weight transposed). */
+static void gemm_rows(long R, long D, long K, const float *X, long ldx, const float *W,
+                      const float *C, long ldc, float *Y, long ldy)
+{
+    const long k16 = K / 16 * 16;
+    for (long r = 0; r < R;) {
+        const long rb = R - r >= RB ? RB : 1;
+        const float *x = X + r * ldx, *c = C != NULL ? C + r * ldc : NULL;
+        float *y = Y + r * ldy;
+        for (long k0 = 0; k0 < k16; k0 += 16) {
+            if (rb == RB)
+                gemm_block(RB, D, K, k0, x, ldx, W, c, ldc, y, ldy);
+            else
+                gemm_block(1, D, K, k0, x, ldx, W, c, ldc, y, ldy);
+        }
+        for (long i = 0; i < rb; i++)
+            for (long k = k16; k < K; k++) {
+                float sum = c != NULL ? c[i * ldc + k] : 0.0f;
+                for (long d = 0; d < D; d++)
+                    sum += x[i * ldx + d] * W[d * K + k];
+                y[i * ldy + k] = sum;
+            }
+        r += rb;
     }
 }
 
-/* Step t of the backward: dh = dh_next + grad_out[t] (the gradient reaching h_t), then
+/* The learner's arrays (layouts above) and the rows [m0, m1) one thread takes. */
+struct gru_job {
+    long G, T, M, H, m0, m1;
+    const float *gates_x, *b_ih, *b_hh, *w, *grad_out;
+    float *rz, *h_n, *n, *out, *d_gates_h, *d_gates_x;
+};
+
+static void forward_rows(const struct gru_job *job)
+{
+    const long G = job->G, T = job->T, M = job->M, H = job->H;
+    float *gh = malloc(sizeof(float) * RB * 3 * H);
+    if (gh == NULL)
+        abort();
+    for (long t = 0; t < T; t++)
+        for (long g = 0; g < G; g++)
+            for (long m = job->m0; m < job->m1; m += RB) {
+                const long rows = job->m1 - m < RB ? job->m1 - m : RB, first = (g * T + t) * M + m;
+                const float *b = job->b_hh + g * 3 * H, *bx = job->b_ih + g * 3 * H;
+                if (t > 0)  /* gh = b_hh + W_hh h_prev */
+                    gemm_rows(rows, H, 3 * H, job->out + (first - M) * H, H, job->w + g * H * 3 * H,
+                              b, 0, gh, 3 * H);
+                else
+                    for (long i = 0; i < rows; i++)
+                        for (long k = 0; k < 3 * H; k++)
+                            gh[i * 3 * H + k] = b[k];
+                for (long i = 0; i < rows; i++) {
+                    const long row = first + i;
+                    const float *restrict x = job->gates_x + row * 3 * H, *restrict ghr = gh + i * 3 * H;
+                    const float *restrict prev = t > 0 ? job->out + (row - M) * H : NULL;
+                    float *restrict rz = job->rz + row * 2 * H, *restrict hn = job->h_n + row * H;
+                    float *restrict nr = job->n + row * H, *restrict h = job->out + row * H;
+#pragma omp simd
+                    for (long j = 0; j < 2 * H; j++)
+                        rz[j] = sigmoid(x[j] + bx[j] + ghr[j]);
+#pragma omp simd
+                    for (long j = 0; j < H; j++) {
+                        const float nv = 2.0f * sigmoid(2.0f * (x[2 * H + j] + bx[2 * H + j] + rz[j] * ghr[2 * H + j])) - 1.0f;
+                        hn[j] = ghr[2 * H + j];
+                        nr[j] = nv;
+                        h[j] = nv + rz[H + j] * ((prev != NULL ? prev[j] : 0.0f) - nv);
+                    }
+                }
+            }
+    free(gh);
+}
+
+/* Step t's gradient, from dh (reaching h_t):
      d_gates_h[t] = [d r_pre, d z_pre, d n_pre * r]   (to be multiplied by W_hh)
      d_gates_x[t] = [d r_pre, d z_pre, d n_pre]
      dh_z         = dh * z                           (the direct path to h_{t-1})
-   dh_next and dh_z are [G, M, H]; grad_out, d_gates_h and d_gates_x are laid out like out
-   and gates_x; the other arrays are the forward's. */
-void gru_backward_step(long G, long T, long M, long H, long t, const float *grad_out,
-                       const float *dh_next, const float *rz, const float *h_n,
-                       const float *n, const float *out, const float *zeros,
-                       float *d_gates_h, float *d_gates_x, float *dh_z)
+   and dh for t - 1 is dh_z + d_gates_h[t] W_hh + grad_out[t - 1]. */
+static void backward_rows(const struct gru_job *job)
 {
-    for (long g = 0; g < G; g++) {
-        for (long m = 0; m < M; m++) {
-            long row = (g * T + t) * M + m;
-            const float *restrict go = grad_out + row * H;
-            const float *restrict dn_next = dh_next + (g * M + m) * H;
-            const float *restrict r = rz + row * 2 * H;
-            const float *restrict z = r + H;
-            const float *restrict hn = h_n + row * H;
-            const float *restrict nv = n + row * H;
-            const float *restrict prev = t > 0 ? out + (row - M) * H : zeros;
-            float *restrict dgh = d_gates_h + row * 3 * H;
-            float *restrict dgx = d_gates_x + row * 3 * H;
-            float *restrict dhz = dh_z + (g * M + m) * H;
+    const long G = job->G, T = job->T, M = job->M, H = job->H, own = job->m1 - job->m0;
+    float *dh_z = malloc(sizeof(float) * G * own * H), *dh = malloc(sizeof(float) * RB * H);
+    if (dh_z == NULL || dh == NULL)
+        abort();
+    for (long t = T - 1; t >= 0; t--)
+        for (long g = 0; g < G; g++)
+            for (long m = job->m0; m < job->m1; m += RB) {
+                const long rows = job->m1 - m < RB ? job->m1 - m : RB, first = (g * T + t) * M + m;
+                float *dz = dh_z + (g * own + m - job->m0) * H;
+                if (t < T - 1)
+                    gemm_rows(rows, 3 * H, H, job->d_gates_h + (first + M) * 3 * H, 3 * H,
+                              job->w + g * 3 * H * H, dz, H, dh, H);
+                for (long i = 0; i < rows; i++) {
+                    const long row = first + i;
+                    const float *restrict go = job->grad_out + row * H, *restrict later = dh + i * H;
+                    const float *restrict r = job->rz + row * 2 * H, *restrict z = r + H;
+                    const float *restrict hn = job->h_n + row * H, *restrict nv = job->n + row * H;
+                    const float *restrict prev = t > 0 ? job->out + (row - M) * H : NULL;
+                    float *restrict dgh = job->d_gates_h + row * 3 * H, *restrict dgx = job->d_gates_x + row * 3 * H;
+                    float *restrict dhz = dz + i * H;
 #pragma omp simd
-            for (long j = 0; j < H; j++) {
-                float dh = dn_next[j] + go[j];
-                float d_n = dh * (1.0f - z[j]) * (1.0f - nv[j] * nv[j]);
-                float d_z = dh * (prev[j] - nv[j]) * z[j] * (1.0f - z[j]);
-                float d_r = d_n * hn[j] * r[j] * (1.0f - r[j]);
-                dgh[j] = d_r;
-                dgh[H + j] = d_z;
-                dgh[2 * H + j] = d_n * r[j];
-                dgx[j] = d_r;
-                dgx[H + j] = d_z;
-                dgx[2 * H + j] = d_n;
-                dhz[j] = dh * z[j];
+                    for (long j = 0; j < H; j++) {
+                        const float d = (t < T - 1 ? later[j] : 0.0f) + go[j];
+                        const float d_n = d * (1.0f - z[j]) * (1.0f - nv[j] * nv[j]);
+                        const float d_z = d * ((prev != NULL ? prev[j] : 0.0f) - nv[j]) * z[j] * (1.0f - z[j]);
+                        const float d_r = d_n * hn[j] * r[j] * (1.0f - r[j]);
+                        dgh[j] = d_r;
+                        dgh[H + j] = d_z;
+                        dgh[2 * H + j] = d_n * r[j];
+                        dgx[j] = d_r;
+                        dgx[H + j] = d_z;
+                        dgx[2 * H + j] = d_n;
+                        dhz[j] = d * z[j];
+                    }
+                }
             }
-        }
-    }
+    free(dh_z);
+    free(dh);
 }
 
-/* Y[m] = b + X[m] W for M = 1 or 2 rows: X [M, D] (rows ldx apart), W row-major [D, K]
-   (a weight matrix transposed), Y [M, K]. CB outputs of both rows at a time: their sums stay
-   in registers while W's rows stream past, each loaded once for both. */
-#define CB 32
-static void affine_rows(long M, long D, long K, const float *restrict X, long ldx,
-                        const float *restrict W, const float *restrict b, float *restrict Y)
+struct gru_task {
+    void (*run)(const struct gru_job *);
+    struct gru_job job;
+};
+
+static void *gru_thread(void *task)
 {
-    const float *restrict x0 = X, *restrict x1 = M > 1 ? X + ldx : X;
-    long k0 = 0;
-    for (; k0 + CB <= K; k0 += CB) {
-        float a0[CB], a1[CB];
-        for (int i = 0; i < CB; i++)
-            a0[i] = a1[i] = b[k0 + i];
-        for (long j = 0; j < D; j++) {
-            const float u = x0[j], v = x1[j];
-            const float *restrict w = W + j * K + k0;
-            for (int i = 0; i < CB; i++) {
-                a0[i] += u * w[i];
-                a1[i] += v * w[i];
-            }
-        }
-        for (int i = 0; i < CB; i++) {
-            Y[k0 + i] = a0[i];
-            if (M > 1)
-                Y[K + k0 + i] = a1[i];
-        }
+    const struct gru_task *t = task;
+    t->run(&t->job);
+    return NULL;
+}
+
+/* The M rows split among up to `threads` threads (the caller's among them), in multiples
+   of RB rows; a thread that cannot be started leaves its rows to the caller. */
+static void split_rows(void (*run)(const struct gru_job *), struct gru_job job, long threads)
+{
+    const long blocks = (job.M + RB - 1) / RB;
+    threads = threads < 1 ? 1 : threads > blocks ? blocks : threads;
+    const long per = (blocks + threads - 1) / threads * RB;
+    struct gru_task tasks[threads];
+    pthread_t ids[threads];
+    int started[threads];
+    for (long k = 0; k < threads; k++) {
+        tasks[k].run = run;
+        tasks[k].job = job;
+        tasks[k].job.m0 = k * per < job.M ? k * per : job.M;
+        tasks[k].job.m1 = (k + 1) * per < job.M ? (k + 1) * per : job.M;
+        started[k] = k > 0 && pthread_create(&ids[k], NULL, gru_thread, &tasks[k]) == 0;
     }
-    for (long m = 0; m < M; m++)
-        for (long k = k0; k < K; k++) {
-            float sum = b[k];
-            for (long j = 0; j < D; j++)
-                sum += X[m * ldx + j] * W[j * K + k];
-            Y[m * K + k] = sum;
-        }
+    for (long k = 0; k < threads; k++)
+        if (!started[k])
+            run(&tasks[k].job);
+    for (long k = 1; k < threads; k++)
+        if (started[k])
+            pthread_join(ids[k], NULL);
+}
+
+/* The forward over all T steps from h_{-1} = 0: fills rz, h_n, n and out. */
+void gru_forward(long G, long T, long M, long H, long threads, const float *gates_x,
+                 const float *b_ih, const float *w_t, const float *b_hh,
+                 float *rz, float *h_n, float *n, float *out)
+{
+    struct gru_job job = {G, T, M, H, 0, M, gates_x, b_ih, b_hh, w_t, NULL, rz, h_n, n, out, NULL, NULL};
+    split_rows(forward_rows, job, threads);
+}
+
+/* The backward over all T steps, from grad_out [G, T, M, H] (the gradient reaching each
+   h_t from outside the recurrence): fills d_gates_h and d_gates_x [G, T, M, 3H]. */
+void gru_backward(long G, long T, long M, long H, long threads, const float *grad_out,
+                  const float *rz, const float *h_n, const float *n, const float *out,
+                  const float *w_hh, float *d_gates_h, float *d_gates_x)
+{
+    struct gru_job job = {G, T, M, H, 0, M, NULL, NULL, NULL, w_hh, grad_out,
+                          (float *)rz, (float *)h_n, (float *)n, (float *)out, d_gates_h, d_gates_x};
+    split_rows(backward_rows, job, threads);
 }
 
 /* The index of the first largest of v[a] over the a with ok[a] (0 when none is). */
@@ -161,10 +261,10 @@ void actor_step(long R, long N, long O, long A, long H, const float *obs, const 
                 const float *w2, const float *b2, const float *draws, float epsilon,
                 float *hidden, long *actions)
 {
-    float x[2 * H], gi[2 * 3 * H], gh[2 * 3 * H], q[A];
-    for (long r0 = 0; r0 < R; r0 += 2) {
-        const long M = R - r0 < 2 ? R - r0 : 2;
-        affine_rows(M, O, H, obs + r0 * O, O, w1t, b1, x);
+    float x[RB * H], gi[RB * 3 * H], gh[RB * 3 * H], q[A];
+    for (long r0 = 0; r0 < R; r0 += RB) {
+        const long M = R - r0 < RB ? R - r0 : RB;
+        gemm_rows(M, O, H, obs + r0 * O, O, w1t, b1, 0, x, H);
         for (long m = 0; m < M; m++) {
             const long r = r0 + m;
             const float *restrict id_row = w1t + (O + A + r % N) * H;
@@ -176,8 +276,8 @@ void actor_step(long R, long N, long O, long A, long H, const float *obs, const 
                 xm[k] = v > 0.0f ? v : 0.0f;
             }
         }
-        affine_rows(M, H, 3 * H, x, H, w_iht, b_ih, gi);
-        affine_rows(M, H, 3 * H, hidden + r0 * H, H, w_hht, b_hh, gh);
+        gemm_rows(M, H, 3 * H, x, H, w_iht, b_ih, 0, gi, 3 * H);
+        gemm_rows(M, H, 3 * H, hidden + r0 * H, H, w_hht, b_hh, 0, gh, 3 * H);
         for (long m = 0; m < M; m++) {
             const long r = r0 + m;
             float *restrict h = hidden + r * H;

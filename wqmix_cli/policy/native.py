@@ -1,5 +1,5 @@
-"""Build and load ``gru_kernel.c`` (the learner's fused GRU step and the actor's whole
-step) with the system C compiler.
+"""Build and load ``gru_kernel.c`` (the learner's GRU over whole sequences and the actor's
+whole step) with the system C compiler.
 
 The library is compiled once per source, compiler and CPU (``-march=native``) into
 ``$WQMIX_CACHE_DIR`` (default ``~/.cache/wqmix``) and loaded with ``ctypes``; compiling
@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("gru_kernel.c")
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared", "-pthread")
 
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
 _SIGNATURES = {
-    "gru_forward_step": [_LONG] * 5 + [_PTR] * 9,
-    "gru_backward_step": [_LONG] * 5 + [_PTR] * 10,
+    "gru_forward": [_LONG] * 5 + [_PTR] * 8,
+    "gru_backward": [_LONG] * 5 + [_PTR] * 8,
     "actor_step": [_LONG] * 5 + [_PTR] * 12 + [ctypes.c_float] + [_PTR] * 2,
 }
 
