@@ -1,4 +1,7 @@
 """The Weighted QMIX loss against hand-computed values (design section 4)."""
+import math
+import threading
+
 import pytest
 import torch
 from conftest import SMALL_INFO, random_batch, small_policy
@@ -191,3 +194,50 @@ def test_nan_loss_stops_with_a_message():
     batch.reward[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="update 1"):
         learner.update(batch)
+
+
+@pytest.fixture
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _where_q_star_mixes(policy) -> list[str]:
+    """The names of the threads the central mixer runs on, as the learner updates."""
+    names = []
+    policy.central_mixer.register_forward_hook(lambda *_: names.append(threading.current_thread().name))
+    return names
+
+
+@pytest.mark.parametrize("variant", ["cwqmix", "owqmix"])
+def test_q_star_half_on_a_helper_thread_gives_the_same_update(variant, two_threads):
+    """With 2 threads the Q* half runs beside the rest, each on one thread: the numbers are
+    those of the whole update run on one thread."""
+    cfg = LearnerConfig(hidden_dim=16)
+    batches = [random_batch(SMALL_INFO, [4, 3, 5], seed=s) for s in range(3)]
+    together, alone = small_policy(), small_policy()
+    alone.load_state_dict(together.state_dict())
+    helper_names = _where_q_star_mixes(together)
+    results = {}
+    for name, policy, threads in (("together", together, 2), ("alone", alone, 1)):
+        learner = WQMIXLearner(policy, cfg, variant, ALPHA, torch.device("cpu"))
+        torch.set_num_threads(threads)
+        results[name] = [learner.update(b) for b in batches]
+        assert torch.get_num_threads() == threads  # the update gives the caller its threads back
+    assert helper_names and all(n.startswith("wqmix-q-star") for n in helper_names)
+    assert results["together"] == results["alone"]
+    for a, b in zip(together.parameters(), alone.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_failing_half_stops_the_update_and_the_next_one_runs(two_threads, monkeypatch):
+    policy = small_policy()
+    learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "cwqmix", ALPHA, torch.device("cpu"))
+    batch = random_batch(SMALL_INFO, [3, 2])
+    monkeypatch.setattr(policy.target_central_mixer, "forward", lambda *_: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        learner.update(batch)  # the Q* half, waiting for y, gets the error too instead of hanging
+    monkeypatch.undo()
+    assert math.isfinite(learner.update(batch)["loss"])

@@ -62,6 +62,8 @@ class _FusedGRU(torch.autograd.Function):
 
 
 def _stack(agents: list[nn.Module], name: str) -> torch.Tensor:
+    if len(agents) == 1:  # a view: no copy, and a cheaper backward
+        return agents[0].get_parameter(name).unsqueeze(0)
     return torch.stack([agent.get_parameter(name) for agent in agents])
 
 
