@@ -241,3 +241,39 @@ def test_a_failing_half_stops_the_update_and_the_next_one_runs(two_threads, monk
         learner.update(batch)  # the Q* half, waiting for y, gets the error too instead of hanging
     monkeypatch.undo()
     assert math.isfinite(learner.update(batch)["loss"])
+
+
+def test_the_optimiser_steps_one_flat_tensor_and_the_networks_see_it():
+    policy = small_policy()
+    learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "cwqmix", ALPHA, torch.device("cpu"))
+    (flat,) = learner.optimizer.param_groups[0]["params"]
+    assert flat.numel() == sum(p.numel() for p in policy.trained_parameters())
+    before = [p.detach().clone() for p in policy.trained_parameters()]
+    learner.optimizer.zero_grad(set_to_none=True)  # as a hand-written loop might: the views come back
+    learner.update(random_batch(SMALL_INFO, [3, 2]))
+    after = policy.trained_parameters()
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))
+    assert torch.equal(flat.detach(), torch.cat([p.detach().reshape(-1) for p in after]))
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
+def test_an_optimiser_state_saved_per_parameter_resumes_on_the_flat_tensor(optimizer):
+    """Checkpoints of earlier releases hold one optimiser entry per parameter."""
+    from wqmix_cli.learner import make_optimizer
+
+    cfg = LearnerConfig(hidden_dim=16, optimizer=optimizer)
+    batches = [random_batch(SMALL_INFO, [4, 3], seed=s) for s in range(3)]
+    old_policy, new_policy = small_policy(), small_policy()
+    old = WQMIXLearner(old_policy, cfg, "cwqmix", ALPHA, torch.device("cpu"),
+                       optimizer=make_optimizer(old_policy.trained_parameters(), cfg))
+    for batch in batches[:2]:
+        old.update(batch)
+    saved = old.state_dict()
+    assert len(saved["optimizer"]["state"]) == len(old_policy.trained_parameters())
+    new_policy.load_state_dict(old_policy.state_dict())
+    new = WQMIXLearner(new_policy, cfg, "cwqmix", ALPHA, torch.device("cpu"))
+    new.load_state_dict(saved)
+    assert new.updates == 2
+    assert old.update(batches[2])["loss"] == pytest.approx(new.update(batches[2])["loss"], rel=1e-6)
+    for a, b in zip(old_policy.trained_parameters(), new_policy.trained_parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

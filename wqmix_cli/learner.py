@@ -19,6 +19,7 @@ from torch import nn
 from wqmix_cli.buffer import EpisodeBatch
 from wqmix_cli.config import AGENT_VARIANTS, Config, LearnerConfig
 from wqmix_cli.cuda_graph import GraphedStep
+from wqmix_cli.flat_params import FlatParameters
 from wqmix_cli.policy import WQMIXPolicy
 from wqmix_cli.policy.gru import evaluate_agents
 from wqmix_cli.samples import episode_batch_from_sample
@@ -141,8 +142,8 @@ def wqmix_loss(
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: LearnerConfig) -> torch.optim.Optimizer:
-    """Adam's fused kernel or RMSprop's multi-tensor step: the per-parameter loop costs an
-    update on the CPU about 1 ms (42 parameter tensors, about ten small ops each)."""
+    """Adam's fused kernel or RMSprop's multi-tensor step; the learner hands it one flat
+    tensor (``wqmix_cli.flat_params``)."""
     capturable = params[0].is_cuda  # the step can be part of a CUDA graph (wqmix_cli.cuda_graph)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, fused=True, capturable=capturable)
@@ -205,7 +206,8 @@ class WQMIXLearner:
         self.device = torch.device(device)
         self.gamma = cfg.gamma if gamma is None else gamma
         self.sync_frequency = cfg.target_update_interval if sync_frequency is None else sync_frequency
-        self.optimizer = optimizer or make_optimizer(policy.trained_parameters(), cfg)
+        self.params = FlatParameters(policy.trained_parameters())
+        self.optimizer = optimizer or make_optimizer([self.params.flat], cfg)
         self.scheduler = scheduler
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.updates = 0
@@ -259,22 +261,23 @@ class WQMIXLearner:
         """Loss and gradients, clipping, ``check(stats)``, optimiser step; -> ``[len(STATS)]``."""
         threads = torch.get_num_threads()
         try:
-            self.optimizer.zero_grad(set_to_none=True)
+            self.params.zero_grad()
             parts = wqmix_loss(self.policy, batch, self.variant, self.w, self.gamma, self.cfg.central_loss_weight,
                                backward=True, aside=self._aside(threads))
+            grad_norm = nn.utils.clip_grad_norm_([self.params.flat], self.cfg.grad_clip)
+            stats = torch.stack([parts.total, parts.qmix, parts.central, parts.w_mean, parts.q_tot_mean,
+                                 parts.target_mean, grad_norm])
+            check(stats)
+            self.optimizer.step()
         finally:
             torch.set_num_threads(threads)
-        grad_norm = nn.utils.clip_grad_norm_(self.policy.trained_parameters(), self.cfg.grad_clip)
-        stats = torch.stack([parts.total, parts.qmix, parts.central, parts.w_mean, parts.q_tot_mean,
-                             parts.target_mean, grad_norm])
-        check(stats)
-        self.optimizer.step()
         return stats
 
     def _aside(self, threads: int) -> Aside | None:
         """With two or more CPU threads the loss's Q* half runs on a helper thread, and the two
-        halves share the threads: on 2 cores an update took about a third less time than
-        with both threads inside each op (most of its ops are too small to split)."""
+        halves share the threads (the rest of the step keeps the first half's): on 2 cores
+        the loss took about a tenth less time than with both threads inside each op, most of
+        its ops being too small to split."""
         if self.device.type != "cpu" or threads < 2 or not self.policy.central:
             return None
         torch.set_num_threads(threads - threads // 2)
@@ -303,7 +306,10 @@ class WQMIXLearner:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved, ours = state["optimizer"], self.optimizer.param_groups[0]["params"]
+        if len(ours) == 1 and ours[0] is self.params.flat and len(saved["param_groups"][0]["params"]) > 1:
+            saved = self.params.merge_optimizer_state(saved)  # a checkpoint of an earlier release
+        self.optimizer.load_state_dict(saved)
         if self._graphed is not None:  # the graphs read the optimiser state tensors just replaced
             self._graphed.reset()
         if self.scheduler is not None and state.get("scheduler") is not None:
