@@ -257,8 +257,9 @@ def test_the_optimiser_steps_one_flat_tensor_and_the_networks_see_it():
 
 
 @pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
-def test_an_optimiser_state_saved_per_parameter_resumes_on_the_flat_tensor(optimizer):
-    """Checkpoints of earlier releases hold one optimiser entry per parameter."""
+def test_the_optimiser_state_is_saved_per_parameter_and_resumes_on_the_flat_tensor(optimizer):
+    """Checkpoints hold one optimiser entry per parameter (as earlier releases and GPU runs
+    save them): a learner over separate tensors and the flat one carry on alike."""
     from wqmix_cli.learner import make_optimizer
 
     cfg = LearnerConfig(hidden_dim=16, optimizer=optimizer)
@@ -277,3 +278,9 @@ def test_an_optimiser_state_saved_per_parameter_resumes_on_the_flat_tensor(optim
     assert old.update(batches[2])["loss"] == pytest.approx(new.update(batches[2])["loss"], rel=1e-6)
     for a, b in zip(old_policy.trained_parameters(), new_policy.trained_parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    old_state, new_state = old.state_dict()["optimizer"], new.state_dict()["optimizer"]
+    assert new_state["param_groups"][0]["params"] == old_state["param_groups"][0]["params"]
+    for index, entry in old_state["state"].items():
+        assert entry.keys() == new_state["state"][index].keys()
+        for key, value in entry.items():
+            torch.testing.assert_close(new_state["state"][index][key], value, atol=1e-6, rtol=1e-5)

@@ -19,7 +19,7 @@ from torch import nn
 from wqmix_cli.buffer import EpisodeBatch
 from wqmix_cli.config import AGENT_VARIANTS, Config, LearnerConfig
 from wqmix_cli.cuda_graph import GraphedStep
-from wqmix_cli.flat_params import FlatParameters
+from wqmix_cli.flat_params import TrainedParameters
 from wqmix_cli.policy import WQMIXPolicy
 from wqmix_cli.policy.gru import evaluate_agents
 from wqmix_cli.samples import episode_batch_from_sample
@@ -142,8 +142,8 @@ def wqmix_loss(
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: LearnerConfig) -> torch.optim.Optimizer:
-    """Adam's fused kernel or RMSprop's multi-tensor step; the learner hands it one flat
-    tensor (``wqmix_cli.flat_params``)."""
+    """Adam's fused kernel or RMSprop's multi-tensor step; on the CPU the learner hands it
+    one flat tensor (``wqmix_cli.flat_params``)."""
     capturable = params[0].is_cuda  # the step can be part of a CUDA graph (wqmix_cli.cuda_graph)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.optim_eps, fused=True, capturable=capturable)
@@ -206,8 +206,8 @@ class WQMIXLearner:
         self.device = torch.device(device)
         self.gamma = cfg.gamma if gamma is None else gamma
         self.sync_frequency = cfg.target_update_interval if sync_frequency is None else sync_frequency
-        self.params = FlatParameters(policy.trained_parameters())
-        self.optimizer = optimizer or make_optimizer([self.params.flat], cfg)
+        self.params = TrainedParameters(policy.trained_parameters(), flat=self.device.type == "cpu")
+        self.optimizer = optimizer or make_optimizer(self.params.tensors, cfg)
         self.scheduler = scheduler
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.updates = 0
@@ -264,7 +264,7 @@ class WQMIXLearner:
             self.params.zero_grad()
             parts = wqmix_loss(self.policy, batch, self.variant, self.w, self.gamma, self.cfg.central_loss_weight,
                                backward=True, aside=self._aside(threads))
-            grad_norm = nn.utils.clip_grad_norm_([self.params.flat], self.cfg.grad_clip)
+            grad_norm = nn.utils.clip_grad_norm_(self.params.tensors, self.cfg.grad_clip)
             stats = torch.stack([parts.total, parts.qmix, parts.central, parts.w_mean, parts.q_tot_mean,
                                  parts.target_mean, grad_norm])
             check(stats)
@@ -300,16 +300,13 @@ class WQMIXLearner:
 
     def state_dict(self) -> dict:
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.params.optimizer_state(self.optimizer),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "updates": self.updates,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        saved, ours = state["optimizer"], self.optimizer.param_groups[0]["params"]
-        if len(ours) == 1 and ours[0] is self.params.flat and len(saved["param_groups"][0]["params"]) > 1:
-            saved = self.params.merge_optimizer_state(saved)  # a checkpoint of an earlier release
-        self.optimizer.load_state_dict(saved)
+        self.params.load_optimizer_state(self.optimizer, state["optimizer"])
         if self._graphed is not None:  # the graphs read the optimiser state tensors just replaced
             self._graphed.reset()
         if self.scheduler is not None and state.get("scheduler") is not None:
