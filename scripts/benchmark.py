@@ -16,7 +16,8 @@
    the target QMIX agent's unused; the target Q* mixer twice). Also over the same loops
    doing only our work (``pymarl=False``). All start from the same weights and must give
    the same loss on the same batch (asserted). Also the update's compute floor: its FLOPs
-   (``FlopCounterMode``) over the fp32 matmul rate measured here.
+   (``FlopCounterMode``, counted with PyTorch's GRU on one thread) over the fp32 matmul
+   rate measured here.
 3. End to end: steady-state env steps/s of ``train`` with the default config (logging
    every 500 steps, stopped after a time budget), read from its ``perf/env_steps_per_s``
    scalars once the buffer holds a batch; with ``--device cuda`` MPE again with device=cuda.
@@ -393,13 +394,19 @@ class LearnerCase:
 
 def update_flops(case: LearnerCase) -> int:
     """FLOPs of one update (forward and backward; the optimiser step has no matmuls),
-    counted on the CPU: the count is a property of the maths, and the GPU's fused GRU
-    kernel has no FLOP formula in ``FlopCounterMode``."""
+    counted on the CPU with PyTorch's own GRU and one thread: ``FlopCounterMode`` sees
+    neither the matmuls inside the C kernel nor the ops of the Q* helper thread, and the
+    count is a property of the maths."""
     policy = WQMIXPolicy(case.info, LearnerConfig(), central=case.variant != "qmix")
     learner = WQMIXLearner(policy, LearnerConfig(), variant=case.variant, w=0.1)
     batch = random_batch(case.info, case.batch_size, torch.Generator().manual_seed(1))
-    with FlopCounterMode(display=False) as counter:
-        learner.update(batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with without_gru_kernel(), FlopCounterMode(display=False) as counter:
+            learner.update(batch)
+    finally:
+        torch.set_num_threads(threads)
     return counter.get_total_flops()
 
 
@@ -671,7 +678,7 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
     result["matmul_gflop_per_s"] = {k: v / 1e9 for k, v in rates.items()}
     result["learner"] = learner_rows
     print_table(
-        "Learner: one update, ours (whole sequences, stacked agents) vs the pymarl-style reference "
+        "Learner: one update, ours (whole sequences, GRU recurrence in C, Q* half on its own thread when there are 2+) vs the pymarl-style reference "
         "(GRUCell per step, 4 unrolls) and the same-work per-step loop (3 unrolls); "
         f"fp32 {'x'.join(map(str, MATMUL_SHAPE))} matmul: "
         + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()),
