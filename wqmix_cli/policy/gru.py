@@ -86,8 +86,6 @@ def evaluate_agents(agents: list[nn.Module], inputs: torch.Tensor) -> list[torch
     hidden = _FusedGRU.apply(gates_x, _stack(agents, "rnn.bias_ih_l0"), _stack(agents, "rnn.weight_hh_l0"),
                              _stack(agents, "rnn.bias_hh_l0"))
     hidden = hidden.view(groups, t * b * n, -1)
-    # Utilities as [G, A, rows]: with the A = 5-20 outputs as the matmul's rows, fc2's weight
-    # gradient is one wide matmul instead of a skinny one (0.72 -> 0.50 ms forward and back).
-    q = torch.baddbmm(_stack(agents, "fc2.bias").unsqueeze(-1), _stack(agents, "fc2.weight"), hidden.mT)
-    q = q.view(groups, -1, t, b, n).permute(0, 3, 2, 4, 1)  # [G, B, T, N, A]
+    q = torch.baddbmm(_stack(agents, "fc2.bias").unsqueeze(1), hidden, _stack(agents, "fc2.weight").mT)
+    q = q.view(groups, t, b, n, -1).transpose(1, 2)  # [G, B, T, N, A]
     return list(q.unbind(0))
