@@ -284,3 +284,11 @@ def test_the_optimiser_state_is_saved_per_parameter_and_resumes_on_the_flat_tens
         assert entry.keys() == new_state["state"][index].keys()
         for key, value in entry.items():
             torch.testing.assert_close(new_state["state"][index][key], value, atol=1e-6, rtol=1e-5)
+
+
+def test_a_policy_converted_after_its_learner_was_built_is_an_error_not_a_silent_stall():
+    policy = small_policy()
+    learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "cwqmix", ALPHA, torch.device("cpu"))
+    policy.double().float()  # new tensors for every parameter: the optimiser's buffer no longer reaches them
+    with pytest.raises(RuntimeError, match="build the learner after moving the policy"):
+        learner.update(random_batch(SMALL_INFO, [3, 2]))

@@ -44,6 +44,10 @@ class TrainedParameters:
             for p in self.params:
                 p.grad = None
             return
+        if self.params[0].untyped_storage().data_ptr() != self.flat.untyped_storage().data_ptr():
+            raise RuntimeError("the policy's parameters were replaced after its learner was built (policy.to(), "
+                               ".float(), ...): build the learner after moving the policy; load weights with "
+                               "load_state_dict")
         self.grads.zero_()
         self.flat.grad = self.grads
         for p, view in zip(self.params, self.grad_views):
