@@ -289,6 +289,6 @@ def test_the_optimiser_state_is_saved_per_parameter_and_resumes_on_the_flat_tens
 def test_a_policy_converted_after_its_learner_was_built_is_an_error_not_a_silent_stall():
     policy = small_policy()
     learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "cwqmix", ALPHA, torch.device("cpu"))
-    policy.double().float()  # new tensors for every parameter: the optimiser's buffer no longer reaches them
+    policy.central_mixer.double().float()  # new tensors for some parameters: the buffer no longer reaches them
     with pytest.raises(RuntimeError, match="build the learner after moving the policy"):
         learner.update(random_batch(SMALL_INFO, [3, 2]))

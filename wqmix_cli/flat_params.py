@@ -44,7 +44,8 @@ class TrainedParameters:
             for p in self.params:
                 p.grad = None
             return
-        if self.params[0].untyped_storage().data_ptr() != self.flat.untyped_storage().data_ptr():
+        buffer = self.flat.untyped_storage().data_ptr()
+        if any(p.untyped_storage().data_ptr() != buffer for p in self.params):
             raise RuntimeError("the policy's parameters were replaced after its learner was built (policy.to(), "
                                ".float(), ...): build the learner after moving the policy; load weights with "
                                "load_state_dict")
