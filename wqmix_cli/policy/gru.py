@@ -2,13 +2,13 @@
 
 On the CPU an update's GRUs are tiny (``[B*N, 64]`` per step) and cost what their ops cost
 to launch as much as their FLOPs; autograd through ``nn.GRU`` records about ten nodes per
-step per network. Here G networks of the same shape that read the same inputs (the online
-and the central agent; a target network alone) run together: the input projections of all
-steps are one batched matmul, and the recurrence is one C call (``gru_kernel.c``: per block
-of rows the recurrent matmul and the gates, all T steps, rows split among threads), with a
-hand-written backward of one more C call that leaves the weight gradients to one batched
-matmul over the whole sequence. Where the
-kernel cannot be built, and on a GPU (cuDNN), each network runs its own ``nn.GRU``.
+step per network. Here the input projections of all steps are one matmul, and the
+recurrence is one C call (``gru_kernel.c``: per block of rows the recurrent matmul and the
+gates, all T steps, rows split among threads), with a hand-written backward of one more C
+call that leaves the weight gradients to one matmul over the whole sequence. G networks of
+one shape that read the same inputs may run stacked (the learner passes one at a time: its
+Q* and Q_tot halves run on separate threads). Where the kernel cannot be built, and on a
+GPU (cuDNN), each network runs its own ``nn.GRU``.
 """
 from __future__ import annotations
 
