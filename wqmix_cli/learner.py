@@ -261,9 +261,12 @@ class WQMIXLearner:
         """Loss and gradients, clipping, ``check(stats)``, optimiser step; -> ``[len(STATS)]``."""
         threads = torch.get_num_threads()
         try:
+            # First, so that nothing before the loss runs on more threads: OpenMP's team spins
+            # for a few ms after such an op, and the helper thread could not start meanwhile.
+            aside = self._aside(threads)
             self.params.zero_grad()
             parts = wqmix_loss(self.policy, batch, self.variant, self.w, self.gamma, self.cfg.central_loss_weight,
-                               backward=True, aside=self._aside(threads))
+                               backward=True, aside=aside)
             grad_norm = nn.utils.clip_grad_norm_(self.params.tensors, self.cfg.grad_clip)
             stats = torch.stack([parts.total, parts.qmix, parts.central, parts.w_mean, parts.q_tot_mean,
                                  parts.target_mean, grad_norm])

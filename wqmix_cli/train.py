@@ -156,8 +156,12 @@ def train(cfg: Config, run_dir: Path) -> int:
         scalars = {}
         try:
             for _ in range(n_updates):
+                # Sampling on the collecting count: an op on more threads leaves OpenMP's team
+                # spinning for a few ms, and the update's Q* helper thread could not start meanwhile.
+                torch.set_num_threads(threads)
+                batch = buffer.sample(cfg.learner.batch_size)
                 torch.set_num_threads(threads if collecting.is_set() else idle_threads)
-                update = learner.update(buffer.sample(cfg.learner.batch_size))
+                update = learner.update(batch)
                 scalars = {LOG_TAGS[k]: v for k, v in update.items()}
         finally:
             torch.set_num_threads(threads)
