@@ -84,6 +84,7 @@ LOSS_TOLERANCE = 1e-5
 MEMORY_EPISODES = 5000
 MATMUL_SHAPE = (800, 256, 256)
 COLLECTION_EPSILON = 0.5
+SETTLE_S = 0.01  # pause before each timed learner call (time_alternating)
 E2E_LOG_INTERVAL = 500
 KERNEL_OFF = "nn.GRU (kernel off)"
 GRAPH = "nn.GRU, CUDA graph"
@@ -329,7 +330,10 @@ def time_alternating(
 ) -> list[float]:
     """Median seconds per call of each function; the functions take turns in every round.
 
-    ``repeats`` rounds, or fewer (at least 3) once ``budget_s`` is spent.
+    ``repeats`` rounds, or fewer (at least 3) once ``budget_s`` is spent. Each timed call
+    starts after a short pause: after an op on several threads OpenMP's team spins for a few
+    ms, and on 2 cores that held off the next function's own threads (the update's Q*
+    helper), so whichever ran second paid for the first.
     """
     for _ in range(warmup):
         for fn in fns:
@@ -341,6 +345,7 @@ def time_alternating(
             break
         for fn, out in zip(fns, times):
             _sync(device)
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             fn()
             _sync(device)
