@@ -82,6 +82,25 @@ static void gemm_rows(long R, long D, long K, const float *X, long ldx, const fl
     }
 }
 
+/* One row's GRU step from its input projection x (b_ih still to add: bx) and
+   gh = W_hh h_prev + b_hh: r and z into rz [2H], gh's n part into hn, the candidate into n,
+   the new state into h. prev (NULL: zeros) may be h itself. */
+static inline void gru_gates(long H, const float *restrict x, const float *restrict bx,
+                             const float *restrict gh, const float *prev, float *restrict rz,
+                             float *restrict hn, float *restrict n, float *h)
+{
+#pragma omp simd
+    for (long j = 0; j < 2 * H; j++)
+        rz[j] = sigmoid(x[j] + bx[j] + gh[j]);
+#pragma omp simd
+    for (long j = 0; j < H; j++) {
+        const float nv = 2.0f * sigmoid(2.0f * (x[2 * H + j] + bx[2 * H + j] + rz[j] * gh[2 * H + j])) - 1.0f;  /* tanh */
+        hn[j] = gh[2 * H + j];
+        n[j] = nv;
+        h[j] = nv + rz[H + j] * ((prev != NULL ? prev[j] : 0.0f) - nv);
+    }
+}
+
 /* The learner's arrays (layouts above) and the rows [m0, m1) one thread takes. */
 struct gru_job {
     long G, T, M, H, m0, m1;
@@ -109,20 +128,9 @@ static void forward_rows(const struct gru_job *job)
                             gh[i * 3 * H + k] = b[k];
                 for (long i = 0; i < rows; i++) {
                     const long row = first + i;
-                    const float *restrict x = job->gates_x + row * 3 * H, *restrict ghr = gh + i * 3 * H;
-                    const float *restrict prev = t > 0 ? job->out + (row - M) * H : NULL;
-                    float *restrict rz = job->rz + row * 2 * H, *restrict hn = job->h_n + row * H;
-                    float *restrict nr = job->n + row * H, *restrict h = job->out + row * H;
-#pragma omp simd
-                    for (long j = 0; j < 2 * H; j++)
-                        rz[j] = sigmoid(x[j] + bx[j] + ghr[j]);
-#pragma omp simd
-                    for (long j = 0; j < H; j++) {
-                        const float nv = 2.0f * sigmoid(2.0f * (x[2 * H + j] + bx[2 * H + j] + rz[j] * ghr[2 * H + j])) - 1.0f;
-                        hn[j] = ghr[2 * H + j];
-                        nr[j] = nv;
-                        h[j] = nv + rz[H + j] * ((prev != NULL ? prev[j] : 0.0f) - nv);
-                    }
+                    gru_gates(H, job->gates_x + row * 3 * H, bx, gh + i * 3 * H,
+                              t > 0 ? job->out + (row - M) * H : NULL, job->rz + row * 2 * H,
+                              job->h_n + row * H, job->n + row * H, job->out + row * H);
                 }
             }
     free(gh);
@@ -261,7 +269,7 @@ void actor_step(long R, long N, long O, long A, long H, const float *obs, const 
                 const float *w2, const float *b2, const float *draws, float epsilon,
                 float *hidden, long *actions)
 {
-    float x[RB * H], gi[RB * 3 * H], gh[RB * 3 * H], q[A];
+    float x[RB * H], gi[RB * 3 * H], gh[RB * 3 * H], rz[2 * H], hn[H], cand[H], q[A];
     for (long r0 = 0; r0 < R; r0 += RB) {
         const long M = R - r0 < RB ? R - r0 : RB;
         gemm_rows(M, O, H, obs + r0 * O, O, w1t, b1, 0, x, H);
@@ -276,19 +284,12 @@ void actor_step(long R, long N, long O, long A, long H, const float *obs, const 
                 xm[k] = v > 0.0f ? v : 0.0f;
             }
         }
-        gemm_rows(M, H, 3 * H, x, H, w_iht, b_ih, 0, gi, 3 * H);
+        gemm_rows(M, H, 3 * H, x, H, w_iht, NULL, 0, gi, 3 * H);
         gemm_rows(M, H, 3 * H, hidden + r0 * H, H, w_hht, b_hh, 0, gh, 3 * H);
         for (long m = 0; m < M; m++) {
             const long r = r0 + m;
-            float *restrict h = hidden + r * H;
-            const float *restrict gim = gi + m * 3 * H, *restrict ghm = gh + m * 3 * H;
-#pragma omp simd
-            for (long j = 0; j < H; j++) {
-                float rg = sigmoid(gim[j] + ghm[j]);
-                float z = sigmoid(gim[H + j] + ghm[H + j]);
-                float n = tanhf(gim[2 * H + j] + rg * ghm[2 * H + j]);
-                h[j] = (1.0f - z) * n + z * h[j];
-            }
+            float *h = hidden + r * H;
+            gru_gates(H, gi + m * 3 * H, b_ih, gh + m * 3 * H, h, rz, hn, cand, h);
             for (long a = 0; a < A; a++) {
                 const float *restrict w = w2 + a * H;
                 float sum = 0.0f;
