@@ -2,8 +2,8 @@
 
 On the CPU an optimiser step and a gradient clip over the 42 parameter tensors of a
 CW-QMIX policy cost about ten small ops per tensor (the multi-tensor kernels loop over
-the list); over one flat tensor they are a handful of ops, about 2.5 ms (7%) of an update
-on 2 cores. There each parameter and its ``.grad`` become views into one buffer each, so
+the list); over one flat tensor they are a handful of ops: about 3 ms of an update became
+1.2-1.4 ms on 2 cores. There each parameter and its ``.grad`` become views into one buffer each, so
 the networks and ``state_dict`` work as before. On a GPU the tensors stay apart: cuDNN's
 GRU wants its own weights in one chunk, and the CUDA graph removes the per-op cost anyway.
 
