@@ -155,6 +155,78 @@ def test_the_actors_c_step_takes_the_torch_steps_actions(n_envs: int, hidden: in
 
 
 @needs_compiler
+def test_saturated_gates_stay_finite_in_the_learner_and_the_actor() -> None:
+    """Pre-activations far past exp's float range: the C kernels saturate as torch does
+    (they once returned NaN there, from 1 / (1 + inf) under -ffast-math)."""
+    from wqmix_cli.actor import Actor
+    from wqmix_cli.config import LearnerConfig
+    from wqmix_cli.envs.base import EnvInfo
+    from wqmix_cli.policy import WQMIXPolicy
+
+    torch.manual_seed(0)
+    info = EnvInfo(n_agents=3, obs_dim=5, state_dim=4, n_actions=3, episode_limit=6)
+    policy = WQMIXPolicy(info, LearnerConfig(hidden_dim=16), central=False)
+    agent = policy.agent
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.mul_(60.0)
+    inputs = torch.randn(4, 6, 3, 5 + 3 + 3)  # obs, last action, agent id
+    (ours,) = evaluate_agents([agent], inputs)
+    ours.square().sum().backward()
+    grads = _grads([agent])
+    theirs = agent(inputs)[0]
+    theirs.square().sum().backward()
+    assert torch.isfinite(ours).all() and all(torch.isfinite(g).all() for g in grads)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+
+    in_c, in_torch = Actor(policy, torch.device("cpu")), Actor(policy, torch.device("cpu"))
+    in_torch._kernel = None
+    in_c.start(4)
+    in_torch.start(4)
+    avail = np.ones((4, 3, 3), bool)
+    for t in range(6):
+        obs = 60.0 * inputs[:, t, :, :5].numpy()
+        np.testing.assert_array_equal(in_c.act(obs, avail, 0.0), in_torch.act(obs, avail, 0.0))
+    assert torch.isfinite(in_c.hidden).all()
+
+
+@needs_compiler
+def test_a_frozen_actor_in_c_acts_with_its_last_sync_across_episodes() -> None:
+    """The frozen actor keeps its C step's weights from one start() to the next; a change to
+    the policy reaches its actions only after sync(), and then fully (checked against the
+    torch step on the policy's own weights)."""
+    from wqmix_cli.actor import Actor
+    from wqmix_cli.config import LearnerConfig
+    from wqmix_cli.envs.base import EnvInfo
+    from wqmix_cli.policy import WQMIXPolicy
+
+    info = EnvInfo(n_agents=3, obs_dim=7, state_dim=4, n_actions=6, episode_limit=10)
+    torch.manual_seed(0)
+    policy = WQMIXPolicy(info, LearnerConfig(hidden_dim=16), central=False)
+    frozen = Actor(policy, torch.device("cpu"), frozen=True)
+    live = Actor(policy, torch.device("cpu"))
+    live._kernel = None
+    rng = torch.Generator().manual_seed(1)
+    obs = torch.randn(info.episode_limit, 2, 3, 7, generator=rng).numpy()
+    avail = np.ones((2, 3, 6), bool)
+
+    def episode(actor: Actor) -> np.ndarray:
+        actor.start(2)
+        return np.stack([actor.act(o, avail, 0.0) for o in obs])
+
+    first = episode(frozen)
+    np.testing.assert_array_equal(first, episode(live))
+    with torch.no_grad():
+        for p in policy.agent.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=rng))
+    changed = episode(live)
+    assert (changed != first).any()
+    np.testing.assert_array_equal(episode(frozen), first)
+    frozen.sync()
+    np.testing.assert_array_equal(episode(frozen), changed)
+
+
+@needs_compiler
 def test_threads_split_the_rows_without_changing_a_bit() -> None:
     """Sequences are independent: 45 rows split among 1, 2 or 3 threads give the same values
     (bit for bit; the gradients also pass through torch's matmuls, whose sums may be split)."""

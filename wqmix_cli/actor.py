@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
+import ctypes
 
 import numpy as np
 import torch
 
 from wqmix_cli.config import EpsilonConfig
 from wqmix_cli.policy import RNNAgent, WQMIXPolicy
-from wqmix_cli.policy.native import gru_kernel, pointers
+from wqmix_cli.policy.native import ActorStep, gru_kernel, pointers
 
 
 def epsilon_at(cfg: EpsilonConfig, t_env: int) -> float:
@@ -30,6 +31,7 @@ class Actor:
 
     def __init__(self, policy: WQMIXPolicy, device: torch.device, seed: int = 0, frozen: bool = False) -> None:
         self.policy, self.device = policy, device
+        self.frozen = frozen
         self.agent = copy.deepcopy(policy.agent).requires_grad_(False) if frozen else policy.agent
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.hidden: torch.Tensor | None = None
@@ -37,11 +39,13 @@ class Actor:
         native = device.type == "cpu" and isinstance(self.agent, RNNAgent) and self.agent.fc1.weight.dtype == torch.float32
         # In torch a step is ~25 tiny ops, ~250 us at one env: about an MPE env step. In C, ~30 us.
         self._kernel = gru_kernel() if native else None
+        self._c_envs: int | None = None  # E of the C step's buffers (_start_in_c)
 
     def sync(self) -> None:
         """Act with the policy's current online agent weights from now on."""
         if self.agent is not self.policy.agent:
             self.agent.load_state_dict(self.policy.agent.state_dict())
+            self._c_envs = None
 
     def start(self, n_envs: int) -> None:
         """Forget the GRU state and last actions: E new episodes begin."""
@@ -52,14 +56,31 @@ class Actor:
         if self._kernel is None:
             self.last_actions = torch.full((n_envs, 1, n), -1, device=self.device)
         else:
-            agent, rnn = self.agent, self.agent.rnn
-            self.hidden = torch.zeros(1, n_envs * n, rnn.hidden_size)
-            self._last = np.full((n_envs, n), -1, dtype=np.int64)
-            self._weights = [agent.fc1.weight.detach().t().contiguous(), agent.fc1.bias.detach(),
-                             rnn.weight_ih_l0.detach().t().contiguous(), rnn.bias_ih_l0.detach(),
-                             rnn.weight_hh_l0.detach().t().contiguous(), rnn.bias_hh_l0.detach(),
-                             agent.fc2.weight.detach(), agent.fc2.bias.detach()]
-            self._c_state = (rnn.hidden_size, pointers(*self._weights), self.hidden.data_ptr())
+            self._start_in_c(n_envs)
+
+    def _start_in_c(self, n_envs: int) -> None:
+        """The C step's buffers and the weights it reads (fc1's and the GRU's transposed).
+        A frozen actor's weights change only in ``sync``, so it keeps them until then (a new
+        copy each start cost about 4 us per step at one env)."""
+        agent, rnn, info = self.agent, self.agent.rnn, self.policy.info
+        n = info.n_agents
+        self.hidden = torch.zeros(1, n_envs * n, rnn.hidden_size)
+        if not self.frozen or self._c_envs != n_envs:
+            params = [agent.fc1.weight, agent.fc1.bias, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0,
+                      rnn.bias_hh_l0, agent.fc2.weight, agent.fc2.bias]
+            # act() copies into these and reads the actions out.
+            self._obs = np.zeros((n_envs, n, info.obs_dim), dtype=np.float32)
+            self._avail = np.zeros((n_envs, n, info.n_actions), dtype=bool)
+            self._actions = np.empty((n_envs, n), dtype=np.int64)
+            w1, b1, w_ih, b_ih, w_hh, b_hh, w2, b2 = (p.detach() for p in params)
+            self._weights = [w1.t().contiguous(), b1, w_ih.t().contiguous(), b_ih, w_hh.t().contiguous(), b_hh, w2, b2]
+            self._step = ActorStep(n_envs * n, n, info.obs_dim, info.n_actions, rnn.hidden_size,
+                                   *pointers(*self._weights), 0, self._obs.ctypes.data, self._avail.ctypes.data,
+                                   self._actions.ctypes.data, None, 0.0)
+            self._step_ptr = ctypes.pointer(self._step)
+            self._c_envs = n_envs
+        self._step.hidden = self.hidden.data_ptr()
+        self._actions.fill(-1)
 
     def act(self, obs: np.ndarray, avail: np.ndarray, epsilon: float) -> np.ndarray:
         """obs ``[E, N, O]``, avail ``[E, N, A]`` bool -> actions ``[E, N]`` int64.
@@ -102,17 +123,14 @@ class Actor:
 
     def _act_in_c(self, obs: np.ndarray, avail: np.ndarray, epsilon: float) -> np.ndarray:
         """One call of ``actor_step`` (``gru_kernel.c``) with the weights as they were at
-        ``start``. numpy arrays and raw pointers only: each torch op here cost 10-20 us
-        between env steps, as much as the C step itself."""
-        e, n, o = obs.shape
-        a = avail.shape[-1]
-        obs = np.ascontiguousarray(obs, dtype=np.float32)
-        avail = np.ascontiguousarray(avail, dtype=bool)
-        actions = np.empty((e, n), dtype=np.int64)
-        step = self._next_draw(e, n, a, epsilon)
-        draws = None if step is None else self._draws.data_ptr() + step * e * n * (a + 1) * 4
-        hidden_size, weights, hidden = self._c_state
-        self._kernel.actor_step(e * n, n, o, a, hidden_size, obs.ctypes.data, self._last.ctypes.data,
-                                avail.ctypes.data, *weights, draws, epsilon, hidden, actions.ctypes.data)
-        self._last = actions
-        return actions
+        ``start``. numpy copies into buffers whose addresses the C step already holds: each
+        torch op, and each numpy ``.ctypes`` lookup, cost about as much as the step itself."""
+        np.copyto(self._obs, obs, casting="unsafe")
+        np.copyto(self._avail, avail, casting="unsafe")
+        e, n, a = self._avail.shape
+        draw = self._next_draw(e, n, a, epsilon)
+        step = self._step
+        step.draws = None if draw is None else self._draws.data_ptr() + draw * e * n * (a + 1) * 4
+        step.epsilon = epsilon
+        self._kernel.actor_step(self._step_ptr)
+        return self._actions.copy()

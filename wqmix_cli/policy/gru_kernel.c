@@ -24,7 +24,15 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* Clamped so that expf never overflows: under -ffast-math the division may become a
+   reciprocal estimate and one Newton step, which turns 1 / inf into NaN (an agent whose
+   pre-activations passed 88 then carried NaN where torch saturates). sigmoid(+-80) is
+   already 1 or 0 to float precision. */
+static float sigmoid(float x)
+{
+    x = x < -80.0f ? -80.0f : (x > 80.0f ? 80.0f : x);
+    return 1.0f / (1.0f + expf(-x));
+}
 
 /* GCC/Clang vectors: AVX registers on x86, pairs of NEON registers on ARM. */
 typedef float vec8 __attribute__((vector_size(32)));
@@ -62,14 +70,15 @@ static void gemm_rows(long R, long D, long K, const float *X, long ldx, const fl
 {
     const long k16 = K / 16 * 16;
     for (long r = 0; r < R;) {
-        const long rb = R - r >= RB ? RB : 1;
+        /* The last rows too share one pass over W: the actor's 3 rows at one env took twice
+           as long one at a time (each row's sums wait on the latency of its own FMAs). */
+        const long rb = R - r >= RB ? RB : R - r;
         const float *x = X + r * ldx, *c = C != NULL ? C + r * ldc : NULL;
         float *y = Y + r * ldy;
         for (long k0 = 0; k0 < k16; k0 += 16) {
-            if (rb == RB)
-                gemm_block(RB, D, K, k0, x, ldx, W, c, ldc, y, ldy);
-            else
-                gemm_block(1, D, K, k0, x, ldx, W, c, ldc, y, ldy);
+#define BLOCK_OF(n) case n: gemm_block(n, D, K, k0, x, ldx, W, c, ldc, y, ldy); break;
+            switch (rb) { BLOCK_OF(6) BLOCK_OF(5) BLOCK_OF(4) BLOCK_OF(3) BLOCK_OF(2) BLOCK_OF(1) }
+#undef BLOCK_OF
         }
         for (long i = 0; i < rb; i++)
             for (long k = k16; k < K; k++) {
@@ -256,27 +265,36 @@ static long first_max(long A, const float *v, const unsigned char *ok)
    part plus two weight rows; then ReLU, one GRU step (PyTorch's equations, as above), fc2
    and the choice. The same numbers as the torch path up to float rounding; the random
    draws come from the caller (torch's generator), so both paths take the same actions.
+   Everything sits in one struct that the caller keeps between steps: passing twenty
+   arguments through ctypes cost more than the step's arithmetic at one env. */
+typedef struct {
+    long R, N, O, A, H;
+    const float *w1t, *b1;     /* fc1 transposed [O + A + N, H], [H] */
+    const float *w_iht, *b_ih; /* [H, 3H], [3H] */
+    const float *w_hht, *b_hh; /* [H, 3H], [3H] */
+    const float *w2, *b2;      /* fc2 as stored [A, H], [A] */
+    float *hidden;             /* [R, H]: h_prev in, h out */
+    const float *obs;          /* [R, O] */
+    const unsigned char *avail; /* [R, A] bool */
+    long *actions;             /* [R] int64: the last actions in (-1: none), this step's out */
+    const float *draws;        /* [R, A + 1] uniform draws, NULL: no exploration; the last of a
+                                  row is the coin (explore when < epsilon), the others score the
+                                  available actions for exploring */
+    float epsilon;
+} ActorStep;
 
-     obs [R, O] float, last [R] int64 (-1: none), avail [R, A] bool
-     w1t [O + A + N, H], b1 [H]; w_iht, w_hht [H, 3H], b_ih, b_hh [3H]: fc1's and the GRU's
-       weights transposed; w2 [A, H], b2 [A]
-     draws [R, A + 1]: uniform draws (NULL: no exploration); the last of a row is the coin
-       (explore when it is < epsilon), the others score the available actions for exploring
-     hidden [R, H]: h_prev in, h out; actions [R] out */
-void actor_step(long R, long N, long O, long A, long H, const float *obs, const long *last,
-                const unsigned char *avail, const float *w1t, const float *b1,
-                const float *w_iht, const float *b_ih, const float *w_hht, const float *b_hh,
-                const float *w2, const float *b2, const float *draws, float epsilon,
-                float *hidden, long *actions)
+void actor_step(const ActorStep *s)
 {
+    const long R = s->R, N = s->N, O = s->O, A = s->A, H = s->H;
     float x[RB * H], gi[RB * 3 * H], gh[RB * 3 * H], rz[2 * H], hn[H], cand[H], q[A];
     for (long r0 = 0; r0 < R; r0 += RB) {
         const long M = R - r0 < RB ? R - r0 : RB;
-        gemm_rows(M, O, H, obs + r0 * O, O, w1t, b1, 0, x, H);
+        gemm_rows(M, O, H, s->obs + r0 * O, O, s->w1t, s->b1, 0, x, H);
+        /* A block reads its rows' last actions here, before it overwrites them below. */
         for (long m = 0; m < M; m++) {
-            const long r = r0 + m;
-            const float *restrict id_row = w1t + (O + A + r % N) * H;
-            const float *restrict act_row = last[r] >= 0 ? w1t + (O + last[r]) * H : NULL;
+            const long r = r0 + m, last = s->actions[r];
+            const float *restrict id_row = s->w1t + (O + A + r % N) * H;
+            const float *restrict act_row = last >= 0 ? s->w1t + (O + last) * H : NULL;
             float *restrict xm = x + m * H;
 #pragma omp simd
             for (long k = 0; k < H; k++) {
@@ -284,25 +302,25 @@ void actor_step(long R, long N, long O, long A, long H, const float *obs, const 
                 xm[k] = v > 0.0f ? v : 0.0f;
             }
         }
-        gemm_rows(M, H, 3 * H, x, H, w_iht, NULL, 0, gi, 3 * H);
-        gemm_rows(M, H, 3 * H, hidden + r0 * H, H, w_hht, b_hh, 0, gh, 3 * H);
+        gemm_rows(M, H, 3 * H, x, H, s->w_iht, NULL, 0, gi, 3 * H);
+        gemm_rows(M, H, 3 * H, s->hidden + r0 * H, H, s->w_hht, s->b_hh, 0, gh, 3 * H);
         for (long m = 0; m < M; m++) {
             const long r = r0 + m;
-            float *h = hidden + r * H;
-            gru_gates(H, gi + m * 3 * H, b_ih, gh + m * 3 * H, h, rz, hn, cand, h);
+            float *h = s->hidden + r * H;
+            gru_gates(H, gi + m * 3 * H, s->b_ih, gh + m * 3 * H, h, rz, hn, cand, h);
             for (long a = 0; a < A; a++) {
-                const float *restrict w = w2 + a * H;
+                const float *restrict w = s->w2 + a * H;
                 float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
                 for (long j = 0; j < H; j++)
                     sum += w[j] * h[j];
-                q[a] = b2[a] + sum;
+                q[a] = s->b2[a] + sum;
             }
-            const unsigned char *ok = avail + r * A;
+            const unsigned char *ok = s->avail + r * A;
             long choice = first_max(A, q, ok);
-            if (draws != NULL && draws[r * (A + 1) + A] < epsilon)
-                choice = first_max(A, draws + r * (A + 1), ok);
-            actions[r] = choice;
+            if (s->draws != NULL && s->draws[r * (A + 1) + A] < s->epsilon)
+                choice = first_max(A, s->draws + r * (A + 1), ok);
+            s->actions[r] = choice;
         }
     }
 }

@@ -26,10 +26,22 @@ SOURCE = Path(__file__).with_name("gru_kernel.c")
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared", "-pthread")
 
 _LONG, _PTR = ctypes.c_long, ctypes.c_void_p
+
+
+class ActorStep(ctypes.Structure):
+    """``gru_kernel.c``'s ``ActorStep``: the actor's sizes, weights and buffers, which the
+    caller keeps alive and sets once per episode, plus the per-step draws and epsilon."""
+
+    _fields_ = [(name, _LONG) for name in ("R", "N", "O", "A", "H")] + [
+        (name, _PTR) for name in ("w1t", "b1", "w_iht", "b_ih", "w_hht", "b_hh", "w2", "b2", "hidden", "obs",
+                                  "avail", "actions", "draws")
+    ] + [("epsilon", ctypes.c_float)]
+
+
 _SIGNATURES = {
     "gru_forward": [_LONG] * 5 + [_PTR] * 8,
     "gru_backward": [_LONG] * 5 + [_PTR] * 8,
-    "actor_step": [_LONG] * 5 + [_PTR] * 12 + [ctypes.c_float] + [_PTR] * 2,
+    "actor_step": [ctypes.POINTER(ActorStep)],
 }
 
 
