@@ -87,8 +87,9 @@ def wqmix_loss(
     targets: Future[torch.Tensor] = Future()
 
     def central_half() -> torch.Tensor:
-        (central_q,) = evaluate_agents([policy.central_agent], inputs)
-        q_star = policy.central_mixer(_pick(central_q[:, :-1], batch.actions), batch.state[:, :-1])  # [B, T]
+        # Causal, so the last step, whose Q* nothing reads, is left out.
+        (central_q,) = evaluate_agents([policy.central_agent], inputs[:, :-1])  # [B, T, N, A]
+        q_star = policy.central_mixer(_pick(central_q, batch.actions), batch.state[:, :-1])  # [B, T]
         loss = (mask * (q_star - targets.result()) ** 2).sum() / n_real
         if backward:
             (central_weight * loss).backward()
