@@ -175,3 +175,15 @@ def test_the_actor_acts_with_the_weights_of_the_last_boundary():
     assert all(torch.equal(a, b) for a, b in zip(actor.agent.parameters(), before))
     actor.sync()
     assert all(torch.equal(a, b) for a, b in zip(actor.agent.parameters(), policy.agent.parameters()))
+
+
+def test_each_run_sets_deterministic_algorithms_its_own_way(tmp_path):
+    """A sweep's jobs run one after another in one process: a deterministic=false job after a
+    deterministic=true one runs without torch's deterministic algorithms."""
+    try:
+        for flag in ("true", "false"):
+            overrides = [*TINY, "t_max=100", "test_episodes=0", f"deterministic={flag}", f"hydra.run.dir={tmp_path / flag}"]
+            assert main(["train", *overrides]) == 0
+            assert torch.are_deterministic_algorithms_enabled() == (flag == "true")
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -70,8 +70,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         # cuBLAS repeats itself only with a fixed workspace, read when its handle is made;
         # without it every matmul on a GPU raises under use_deterministic_algorithms.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    # Set either way: a sweep's jobs share one process (Hydra's basic launcher).
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def rng_state() -> dict:
