@@ -1,6 +1,6 @@
 """Benchmarks of wqmix, each against a baseline measured in the same run on the same machine.
 
-    python scripts/benchmark.py                 # the full run (about 4 minutes on 2 cores)
+    python scripts/benchmark.py                 # the full run (about 7 minutes on 2 cores)
     python scripts/benchmark.py --quick         # fewer cases and shorter timings (under 5)
     python scripts/benchmark.py --json out.json --device cuda   # also the learner and MPE training on the GPU
     python scripts/benchmark.py --threads 2     # torch CPU threads (default: train's, half the cores)
@@ -19,8 +19,9 @@
    (``FlopCounterMode``, counted with PyTorch's GRU on one thread) over the fp32 matmul
    rate measured here.
 3. End to end: steady-state env steps/s of ``train`` with the default config (logging
-   every 500 steps, stopped after a time budget), read from its ``perf/env_steps_per_s``
-   scalars once the buffer holds a batch; with ``--device cuda`` MPE again with device=cuda.
+   every 500 steps, 20000 env steps or a time budget), read from its ``perf/env_steps_per_s``
+   scalars once the buffer holds a batch; the median of three runs, each in a fresh process
+   (one with ``--quick``); with ``--device cuda`` MPE again with device=cuda.
 4. Memory: replay bytes per episode against a naive float32 transition layout.
 
 The learner runs at train's thread count (``--threads``; the headline figures), again on
@@ -508,11 +509,12 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
         return pool.submit(fn, *args).result()
 
 
-def bench_train(name: str, overrides: list[str], budget_s: float) -> dict:
+def bench_train(name: str, overrides: list[str], budget_s: float, steps: int) -> dict:
     """Steady-state env steps/s of ``train`` with the default config plus ``overrides``.
 
-    ``log_interval`` is set to 500 env steps for finer ``perf/env_steps_per_s`` scalars
-    and ``t_max`` to just under ``test_interval``, so no evaluation follows the first. A run
+    ``log_interval`` is set to 500 env steps for finer ``perf/env_steps_per_s`` scalars,
+    ``t_max`` to ``steps`` and ``test_interval`` past it, so no evaluation follows the
+    first (at t_env 0, before the steady state). A run
     still going after ``budget_s`` is stopped as ``train`` is stopped from outside
     (SIGTERM: it ends the iteration and saves a checkpoint). The rate is the total over
     the logged intervals that start at or after the first log carrying ``loss/total``
@@ -525,7 +527,7 @@ def bench_train(name: str, overrides: list[str], budget_s: float) -> dict:
     from wqmix_cli.train import train
 
     cfg = validate(compose(overrides))
-    cfg = dataclasses.replace(cfg, t_max=cfg.test_interval - E2E_LOG_INTERVAL, log_interval=E2E_LOG_INTERVAL)
+    cfg = dataclasses.replace(cfg, t_max=steps, test_interval=steps + E2E_LOG_INTERVAL, log_interval=E2E_LOG_INTERVAL)
     fired = threading.Event()
 
     def stop() -> None:
@@ -608,6 +610,8 @@ class Plan:
     smax_envs: tuple[int, ...]
     mpe_train_s: float
     smax_train_s: float  # 0: no SMAX end to end
+    train_steps: int  # t_max of each end-to-end run
+    train_runs: int  # fresh processes per end-to-end row; the row is the median run
 
 
 MPE32 = LearnerCase("mpe", MPE_INFO, 32)
@@ -617,13 +621,13 @@ FULL = Plan(
     learner_cases=(MPE32, LearnerCase("mpe", MPE_INFO, 32, "qmix"), SMAX32, MPE256),
     warmup=2, repeats=9, learner_budget_s=20.0,
     collection_s=2.0, mpe_envs={0: (1, 8, 16), 1: (1, 8, 16), 2: (8, 16)}, smax_envs=(1, 16, 64),
-    mpe_train_s=60.0, smax_train_s=150.0,
+    mpe_train_s=60.0, smax_train_s=150.0, train_steps=20_000, train_runs=3,
 )
 QUICK = Plan(
     learner_cases=(MPE32, SMAX32, MPE256),
     warmup=1, repeats=5, learner_budget_s=8.0,
     collection_s=0.8, mpe_envs={0: (1, 8, 16), 1: (8,), 2: (8,)}, smax_envs=(16,),
-    mpe_train_s=30.0, smax_train_s=0.0,
+    mpe_train_s=30.0, smax_train_s=0.0, train_steps=9_500, train_runs=1,
 )
 
 
@@ -718,11 +722,21 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
          ("ratio", "runner/raw", ".2f")],
     )
 
-    e2e_rows = [in_fresh_process(bench_train, "mpe", [], plan.mpe_train_s)]
+    def median_run(name: str, overrides: list[str], budget_s: float) -> dict:
+        """The median of ``plan.train_runs`` runs, each in a fresh process; all their rates in ``runs``."""
+        rows = [in_fresh_process(bench_train, name, overrides, budget_s, plan.train_steps)
+                for _ in range(plan.train_runs)]
+        rates = [row["steps_per_s"] for row in rows]
+        summary = {"runs": rates, "all_runs": ", ".join("-" if r is None else f"{r:.0f}" for r in rates)}
+        if None in rates:  # reported as not measured (a note below)
+            return {**next(row for row in rows if row["steps_per_s"] is None), **summary}
+        return {**sorted(rows, key=lambda row: row["steps_per_s"])[len(rows) // 2], **summary}
+
+    e2e_rows = [median_run("mpe", [], plan.mpe_train_s)]
     if plan.smax_train_s and smax_problem is None:
-        e2e_rows.append(in_fresh_process(bench_train, "smax_3m", ["env=smax", "env.map_name=3m"], plan.smax_train_s))
+        e2e_rows.append(median_run("smax_3m", ["env=smax", "env.map_name=3m"], plan.smax_train_s))
     if any(d.type == "cuda" for d in devices):
-        e2e_rows.append(in_fresh_process(bench_train, "mpe device=cuda", ["device=cuda"], plan.mpe_train_s))
+        e2e_rows.append(median_run("mpe device=cuda", ["device=cuda"], plan.mpe_train_s))
     for row in e2e_rows:
         if row["steps_per_s"] is None:
             result["notes"].append(f"{row['env']} end to end: no logged interval after the warm-up; "
@@ -733,7 +747,7 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
         "steady state once the buffer holds a batch",
         e2e_rows,
         [("env", "env", "s"), ("t_env", "env steps", "d"), ("steady_steps", "steady steps", "d"),
-         ("steps_per_s", "env steps/s", ".0f"), ("wall_s", "wall s", ".1f")],
+         ("steps_per_s", "env steps/s (median)", ".0f"), ("all_runs", "each run", "s"), ("wall_s", "wall s", ".1f")],
     )
 
     memory_rows = [bench_memory("mpe", MPE_INFO), bench_memory("smax_3m", SMAX_3M_INFO)]

@@ -74,3 +74,13 @@ def test_profile_prints_the_update_ops(bench, capsys: pytest.CaptureFixture[str]
     kernel = bench.native.gru_kernel() is not None
     assert ("_FusedGRUBackward" in out) == kernel
     assert ("count as the self time of _FusedGRU" in out) == kernel
+
+
+def test_end_to_end_runs_to_its_steps_and_times_only_the_steady_state(bench) -> None:
+    """train() runs to ``steps``; the rate counts only the logged intervals from the first
+    one that carries a loss (t_env 500 here) on."""
+    overrides = ["env.n_envs=2", "env.workers=0", "learner.batch_size=4", "learner.hidden_dim=16",
+                 "learner.central_mixer_dim=32", "test_episodes=2"]
+    row = bench.bench_train("mpe", overrides, budget_s=120.0, steps=1500)
+    assert row["t_env"] == 1500
+    assert row["steady_steps"] == 1000 and row["steps_per_s"] > 0
