@@ -1,6 +1,6 @@
 """Benchmarks of wqmix, each against a baseline measured in the same run on the same machine.
 
-    python scripts/benchmark.py                 # the full run (about 7 minutes on 2 cores)
+    python scripts/benchmark.py                 # the full run (about 7.5 minutes on 2 cores)
     python scripts/benchmark.py --quick         # fewer cases and shorter timings (under 5)
     python scripts/benchmark.py --json out.json --device cuda   # also the learner and MPE training on the GPU
     python scripts/benchmark.py --threads 2     # torch CPU threads (default: train's, half the cores)
