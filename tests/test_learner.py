@@ -9,7 +9,7 @@ from torch import nn
 
 from wqmix_cli.buffer import EpisodeBatch
 from wqmix_cli.config import LearnerConfig
-from wqmix_cli.learner import WQMIXLearner, wqmix_loss
+from wqmix_cli.learner import WQMIXLearner, _mix, wqmix_loss
 
 ALPHA = 0.1
 GAMMA = 0.5
@@ -292,3 +292,28 @@ def test_a_policy_converted_after_its_learner_was_built_is_an_error_not_a_silent
     policy.central_mixer.double().float()  # new tensors for some parameters: the buffer no longer reaches them
     with pytest.raises(RuntimeError, match="build the learner after moving the policy"):
         learner.update(random_batch(SMALL_INFO, [3, 2]))
+
+
+def test_mixers_leave_out_the_padding_with_the_same_values_and_gradients():
+    """Each step is mixed on its own: mixing only the real steps of a padded batch gives their
+    values and the same gradients as mixing every step and masking, and 0 on the padding."""
+    policy = small_policy()
+    torch.manual_seed(0)
+    lengths = torch.tensor([10, 4, 7, 1])
+    rows = torch.arange(10) < lengths[:, None]  # [B, T]
+    qs = torch.randn(4, 10, SMALL_INFO.n_agents, requires_grad=True)
+    states = torch.randn(4, 10, SMALL_INFO.state_dim)
+    for mixer in (policy.mixer, policy.central_mixer):
+        results = []
+        for packed in (False, True):
+            mixer.zero_grad()
+            qs.grad = None
+            out = _mix(mixer, qs, states, rows if packed else None)
+            (out * rows).square().sum().backward()
+            results.append((out.detach(), qs.grad.clone(), [p.grad.clone() for p in mixer.parameters()]))
+        (full, dq_full, dw_full), (part, dq_part, dw_part) = results
+        torch.testing.assert_close(part[rows], full[rows])
+        assert (part[~rows] == 0).all()
+        torch.testing.assert_close(dq_part, dq_full)
+        for a, b in zip(dw_part, dw_full):
+            torch.testing.assert_close(a, b)
