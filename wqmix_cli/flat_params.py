@@ -3,8 +3,8 @@
 On the CPU an optimiser step and a gradient clip over the 42 parameter tensors of a
 CW-QMIX policy cost about ten small ops per tensor (the multi-tensor kernels loop over
 the list); over one flat tensor they are a handful of ops: about 3 ms of an update became
-1.2-1.4 ms on 2 cores. There each parameter and its ``.grad`` become views into one buffer each, so
-the networks and ``state_dict`` work as before. On a GPU the tensors stay apart: cuDNN's
+1.2-1.4 ms on 2 cores. There each parameter and its ``.grad`` become views into one buffer
+each, so the networks and ``state_dict`` work as before. On a GPU the tensors stay apart: cuDNN's
 GRU wants its own weights in one chunk, and the CUDA graph removes the per-op cost anyway.
 
 Checkpoints always hold the optimiser state one entry per parameter, whichever the layout,
@@ -93,4 +93,3 @@ class TrainedParameters:
             else:  # the step count, one per parameter and equal for all
                 merged[key] = first.clone() if torch.is_tensor(first) else first
         optimizer.load_state_dict({"state": {0: merged} if merged else {}, "param_groups": [{**group, "params": [0]}]})
-
