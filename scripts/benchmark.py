@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py                 # the full run (about 7.5 minutes on 2 cores)
     python scripts/benchmark.py --quick         # fewer cases and shorter timings (under 5)
-    python scripts/benchmark.py --json out.json --device cuda   # also the learner and MPE training on the GPU
+    python scripts/benchmark.py --json out.json --device cuda   # also the learner and training on the GPU
     python scripts/benchmark.py --threads 2     # torch CPU threads (default: train's, half the cores)
     python scripts/benchmark.py --profile       # only: the ops one update spends its time in
 
@@ -21,7 +21,9 @@
 3. End to end: steady-state env steps/s of ``train`` with the default config (logging
    every 500 steps, 20000 env steps or a time budget), read from its ``perf/env_steps_per_s``
    scalars once the buffer holds a batch; the median of three runs, each in a fresh process
-   (one with ``--quick``); with ``--device cuda`` MPE again with device=cuda.
+   (one with ``--quick``), MPE and SMAX 3m; with ``--device cuda`` both again with
+   device=cuda (the envs stay on the CPU; jax, which steps SMAX, on its default backend:
+   ``machine.jax_backend``).
 4. Memory: replay bytes per episode against a naive float32 transition layout.
 
 The learner runs at train's thread count (``--threads``; the headline figures), again on
@@ -609,7 +611,7 @@ class Plan:
     mpe_envs: dict[int, tuple[int, ...]]  # workers -> env counts
     smax_envs: tuple[int, ...]
     mpe_train_s: float
-    smax_train_s: float  # 0: no SMAX end to end
+    smax_train_s: float
     train_steps: int  # t_max of each end-to-end run
     train_runs: int  # fresh processes per end-to-end row; the row is the median run
 
@@ -627,7 +629,7 @@ QUICK = Plan(
     learner_cases=(MPE32, SMAX32, MPE256),
     warmup=1, repeats=5, learner_budget_s=8.0,
     collection_s=0.8, mpe_envs={0: (1, 8, 16), 1: (8,), 2: (8,)}, smax_envs=(16,),
-    mpe_train_s=30.0, smax_train_s=0.0, train_steps=9_500, train_runs=1,
+    mpe_train_s=30.0, smax_train_s=45.0, train_steps=9_500, train_runs=1,
 )
 
 
@@ -708,6 +710,9 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
     try:
         for n in plan.smax_envs:
             collection_rows.append(bench_collection("smax_3m", SMAXConfig(n_envs=n), plan.collection_s))
+        import jax  # imported by the SMAX env above
+
+        machine["jax_backend"] = jax.default_backend()
     except Exception as err:  # jaxmarl missing or the SMAX module broken: skip SMAX, say why
         smax_problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         note = f"SMAX skipped (collection, end to end): {smax_problem}"
@@ -732,11 +737,14 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
             return {**next(row for row in rows if row["steps_per_s"] is None), **summary}
         return {**sorted(rows, key=lambda row: row["steps_per_s"])[len(rows) // 2], **summary}
 
+    smax = ["env=smax", "env.map_name=3m"]
     e2e_rows = [median_run("mpe", [], plan.mpe_train_s)]
-    if plan.smax_train_s and smax_problem is None:
-        e2e_rows.append(median_run("smax_3m", ["env=smax", "env.map_name=3m"], plan.smax_train_s))
+    if smax_problem is None:
+        e2e_rows.append(median_run("smax_3m", smax, plan.smax_train_s))
     if any(d.type == "cuda" for d in devices):
         e2e_rows.append(median_run("mpe device=cuda", ["device=cuda"], plan.mpe_train_s))
+        if smax_problem is None:
+            e2e_rows.append(median_run("smax_3m device=cuda", [*smax, "device=cuda"], plan.smax_train_s))
     for row in e2e_rows:
         if row["steps_per_s"] is None:
             result["notes"].append(f"{row['env']} end to end: no logged interval after the warm-up; "
