@@ -85,6 +85,18 @@ def test_unknown_smax_map_lists_the_known_ones(capsys):
     assert err.count("\n") == 1 and "env.map_name='4m' is not a SMAX map; allowed:" in err and "3s5z" in err
 
 
+def test_smax_jax_device_is_checked_against_what_jax_sees(capsys):
+    smax = pytest.importorskip("wqmix_cli.envs.smax")
+    assert main(["train", "env=smax", "env.jax_device=tpu"]) == 2
+    assert capsys.readouterr().err == "wqmix: env.jax_device='tpu' is not known; allowed: cpu, gpu\n"
+    if "gpu" in smax.jax_platforms():
+        pytest.skip("this jax sees a GPU: env.jax_device=gpu is allowed here")
+    assert main(["train", "env=smax", "env.jax_device=gpu"]) == 2
+    assert capsys.readouterr().err == (
+        "wqmix: env.jax_device='gpu', but this jax has no such device; allowed here: cpu\n"
+    )
+
+
 @pytest.mark.slow
 def test_a_wheel_install_carries_every_config(tmp_path):
     """`pip install .` (not -e) must ship ``conf/``: the wheel holds it as ``wqmix_cli/conf``."""

@@ -175,3 +175,12 @@ def test_unknown_map_lists_known_maps():
     assert "4m_vs_nothing" in message
     for name in ("3m", "2s3z", "5m_vs_6m", "smacv2_5_units"):
         assert name in message
+
+
+def test_the_battles_live_on_the_cpu_by_default(env3m):
+    import jax
+
+    env3m.reset(seed=3)
+    env3m.step(np.full((E, 3), STOP), np.ones(E, dtype=bool))
+    devices = {d for leaf in jax.tree.leaves((env3m._keys, env3m._state)) for d in leaf.devices()}
+    assert devices == {jax.devices("cpu")[0]}

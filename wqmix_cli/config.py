@@ -42,6 +42,7 @@ class SMAXConfig(EnvConfig):
     name: str = "smax"
     map_name: str = "3m"
     n_envs: int = 8
+    jax_device: str = "cpu"
 
 
 @dataclass
@@ -82,6 +83,7 @@ ENV_SCHEMAS: dict[str, type[EnvConfig]] = {
     "predator_prey": PredatorPreyConfig,
 }
 MPE_SCENARIOS = ("simple_spread", "simple_speaker_listener", "simple_reference")
+SMAX_JAX_DEVICES = ("cpu", "gpu")  # where jax steps the battles
 AGENT_VARIANTS = ("cwqmix", "owqmix", "qmix")
 
 
@@ -280,6 +282,8 @@ def _check_ranges(cfg: Config) -> None:
         _choices("env.scenario", env.scenario, MPE_SCENARIOS)
     if isinstance(env, SMACConfig):
         _choices("env.package", env.package, ("auto", "smac", "smacv2"))
+    if isinstance(env, SMAXConfig):
+        _choices("env.jax_device", env.jax_device, SMAX_JAX_DEVICES)
     if isinstance(env, MatrixConfig):
         rows = env.payoff
         if not rows or any(not isinstance(r, list) or len(r) != len(rows) for r in rows):

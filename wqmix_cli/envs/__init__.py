@@ -25,14 +25,20 @@ def _smax_module():
 
 
 def check_env(cfg: EnvConfig) -> None:
-    """Checks that need the env's package (a SMAX map name); raises ConfigError or
+    """Checks that need the env's package (a SMAX map name, jax's devices); raises ConfigError or
     MissingDependency with one line."""
     if isinstance(cfg, SMAXConfig):
         from wqmix_cli.config import ConfigError
 
-        maps = _smax_module().known_maps()
+        smax = _smax_module()
+        maps = smax.known_maps()
         if cfg.map_name not in maps:
             raise ConfigError(f"env.map_name={cfg.map_name!r} is not a SMAX map; allowed: {', '.join(maps)}")
+        platforms = smax.jax_platforms()
+        if cfg.jax_device not in platforms:
+            raise ConfigError(
+                f"env.jax_device={cfg.jax_device!r}, but this jax has no such device; allowed here: {', '.join(platforms)}"
+            )
 
 
 def make_env(cfg: EnvConfig, render_mode: str | None = None) -> MultiAgentEnv:

@@ -61,6 +61,16 @@ def known_maps() -> list[str]:
     return sorted(MAP_NAME_TO_SCENARIO)
 
 
+def jax_platforms() -> list[str]:
+    """The values ``env.jax_device`` may take with this jax: ``cpu``, and ``gpu`` where jax sees one."""
+    platforms = ["cpu"]
+    try:
+        jax.devices("gpu")
+    except RuntimeError:  # jax built for the CPU only, or no GPU visible
+        return platforms
+    return [*platforms, "gpu"]
+
+
 def _strong_types(tree):
     """Drop JAX weak types (Python ints in the reset state), so the step compiles once."""
     return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), tree)
@@ -109,6 +119,10 @@ class SMAXVectorEnv:
             n_actions=int(self._env.num_ally_actions),
             episode_limit=int(self._env.max_steps),
         )
+        # The first device of the kind: reset commits the battles' state there, and each jitted
+        # step follows its state. On the CPU by default: a step of a few small battles is
+        # launch-bound on a GPU.
+        self._device = jax.devices(cfg.jax_device)[0]
         self._reset_fn = jax.jit(jax.vmap(self._reset_one))
         self._step_fn = jax.jit(jax.vmap(self._step_one))
         self._keys = None
@@ -160,7 +174,7 @@ class SMAXVectorEnv:
     def reset(self, seed: int) -> Observation:
         """Reset all E envs (env e seeded with ``seed + e``); arrays ``[E, N, O]``, ``[E, S]``, ``[E, N, A]``."""
         seeds = (int(seed) + np.arange(self.n_envs, dtype=np.int64)) % 2**32
-        self._keys, self._state, view = self._reset_fn(seeds.astype(np.uint32))
+        self._keys, self._state, view = self._reset_fn(jax.device_put(seeds.astype(np.uint32), self._device))
         return _observation(view)
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> BatchStep:
