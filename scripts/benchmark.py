@@ -22,8 +22,8 @@
    every 500 steps, 20000 env steps or a time budget), read from its ``perf/env_steps_per_s``
    scalars once the buffer holds a batch; the median of three runs, each in a fresh process
    (one with ``--quick``), MPE and SMAX 3m; with ``--device cuda`` both again with
-   device=cuda (the envs stay on the CPU; jax, which steps SMAX, on its default backend:
-   ``machine.jax_backend``).
+   device=cuda (the envs stay on the CPU, the jax that steps SMAX too: ``env.jax_device``).
+   Where jax sees a GPU, SMAX collection also with the battles on it and at 512 envs.
 4. Memory: replay bytes per episode against a naive float32 transition layout.
 
 The learner runs at train's thread count (``--threads``; the headline figures), again on
@@ -494,8 +494,8 @@ def bench_collection(name: str, cfg: MPEConfig | SMAXConfig, seconds: float) -> 
     finally:
         env.close()
     raw_rate, ours_rate = steps[raw] / spent[raw], steps[collect] / spent[collect]
-    return {"env": name, "n_envs": cfg.n_envs, "workers": cfg.workers, "raw_steps_per_s": raw_rate,
-            "runner_steps_per_s": ours_rate, "ratio": ours_rate / raw_rate}
+    return {"env": name, "n_envs": cfg.n_envs, "workers": cfg.workers, "jax": getattr(cfg, "jax_device", None),
+            "raw_steps_per_s": raw_rate, "runner_steps_per_s": ours_rate, "ratio": ours_rate / raw_rate}
 
 
 # --------------------------------------------------------------------------------------
@@ -616,6 +616,7 @@ class Plan:
     train_runs: int  # fresh processes per end-to-end row; the row is the median run
 
 
+GPU_SMAX_ENVS = 512  # SMAX collection on both jax devices where jax sees a GPU; also at this count
 MPE32 = LearnerCase("mpe", MPE_INFO, 32)
 SMAX32 = LearnerCase("smax_3m", SMAX_3M_INFO, 32)
 MPE256 = LearnerCase("mpe", MPE_INFO, 256)
@@ -708,11 +709,15 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
                        for w, counts in plan.mpe_envs.items() for n in counts]
     smax_problem = None
     try:
-        for n in plan.smax_envs:
-            collection_rows.append(bench_collection("smax_3m", SMAXConfig(n_envs=n), plan.collection_s))
-        import jax  # imported by the SMAX env above
+        from wqmix_cli.envs.smax import jax_platforms
 
-        machine["jax_backend"] = jax.default_backend()
+        # Where jax sees a GPU: the battles there too (env.jax_device=gpu), and at many envs.
+        smax_runs = [("cpu", n) for n in plan.smax_envs]
+        if "gpu" in jax_platforms():
+            smax_runs += [("cpu", GPU_SMAX_ENVS)] + [("gpu", n) for n in (*plan.smax_envs, GPU_SMAX_ENVS)]
+        for jax_device, n in smax_runs:
+            collection_rows.append(bench_collection("smax_3m", SMAXConfig(n_envs=n, jax_device=jax_device),
+                                                    plan.collection_s))
     except Exception as err:  # jaxmarl missing or the SMAX module broken: skip SMAX, say why
         smax_problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         note = f"SMAX skipped (collection, end to end): {smax_problem}"
@@ -722,7 +727,7 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
     print_table(
         f"Collection: runner + actor (epsilon {COLLECTION_EPSILON}) + buffer vs the same envs with random actions",
         collection_rows,
-        [("env", "env", "s"), ("n_envs", "envs", "d"), ("workers", "workers", "d"),
+        [("env", "env", "s"), ("n_envs", "envs", "d"), ("workers", "workers", "d"), ("jax", "jax on", "s"),
          ("raw_steps_per_s", "raw steps/s", ".0f"), ("runner_steps_per_s", "runner steps/s", ".0f"),
          ("ratio", "runner/raw", ".2f")],
     )

@@ -12,7 +12,7 @@ import torch
 
 from wqmix_cli.actor import Actor
 from wqmix_cli.buffer import EpisodeBatch
-from wqmix_cli.checkpoint import latest_checkpoint, load_checkpoint
+from wqmix_cli.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from wqmix_cli.cli import main
 from wqmix_cli.config import validate
 from wqmix_cli.envs import make_vector_env
@@ -132,6 +132,27 @@ def test_env_overrides_that_do_not_fit_exit_2(
 ) -> None:
     assert main(["evaluate", f"checkpoint={mpe_run}", override]) == 2
     assert says in _one_error_line(capsys)
+
+
+@pytest.mark.slow
+def test_smax_settings_that_this_machine_cannot_run_exit_2(
+    mpe_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before any env is built, as `wqmix train` checks them: a map jaxmarl does not
+    know, and battles on a GPU that jax does not see."""
+    smax = pytest.importorskip("wqmix_cli.envs.smax")
+    state, _ = load_checkpoint(latest_checkpoint(mpe_run))
+    state["config"]["env"] = {"name": "smax", "map_name": "3m", "n_envs": 1, "workers": 0, "t_max": 48,
+                              "jax_device": "cpu"}
+    save_checkpoint(tmp_path / "checkpoints", 48, state)
+    assert main(["evaluate", f"checkpoint={tmp_path}", "env.map_name=4m"]) == 2
+    assert "env.map_name='4m' is not a SMAX map; allowed:" in _one_error_line(capsys)
+    if "gpu" in smax.jax_platforms():
+        pytest.skip("this jax sees a GPU: env.jax_device=gpu is allowed here")
+    assert main(["evaluate", f"checkpoint={tmp_path}", "env.jax_device=gpu"]) == 2
+    assert _one_error_line(capsys) == (
+        "wqmix: evaluate: env.jax_device='gpu', but this jax has no such device; allowed here: cpu"
+    )
 
 
 def test_empty_folder_is_not_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,7 @@ from wqmix_cli.actor import Actor
 from wqmix_cli.checkpoint import CheckpointError, env_size_mismatch, latest_checkpoint, load_checkpoint
 from wqmix_cli.cli import EXIT_BAD_INPUT
 from wqmix_cli.config import Config, ConfigError, MatrixConfig, validate
-from wqmix_cli.envs import make_env, make_vector_env
+from wqmix_cli.envs import check_env, make_env, make_vector_env
 from wqmix_cli.envs.base import EnvInfo, MissingDependency, Observation
 from wqmix_cli.evaluate import run_greedy
 from wqmix_cli.policy import WQMIXPolicy
@@ -154,6 +154,7 @@ def load_run(opts: Options) -> tuple[Path, dict, Config]:
     raw = dict(state["config"])
     raw["env"] = {**raw["env"], **opts.env}
     cfg = validate(raw)
+    check_env(cfg.env)
     return folder, state, cfg
 
 
