@@ -1,5 +1,6 @@
 """Checkpoints are complete or absent; failures leave the previous one as latest."""
 import errno
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +63,11 @@ def test_output_folder_that_cannot_be_written_is_bad_input(tmp_path, capsys):
     assert main(["train", f"hydra.run.dir={blocker}/run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot write there" in err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_refuses_new_folders_is_bad_input_even_for_root(capsys):
+    """/proc takes no new folders, though os.access calls it writable for root."""
+    assert main(["train", "hydra.run.dir=/proc/wqmix-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == "wqmix: hydra.run.dir=/proc/wqmix-run: cannot write there (not a writable folder)\n"

@@ -136,14 +136,21 @@ def resume_overrides(overrides: list[str]) -> list[str] | str:
 
 
 def unwritable(path: Path) -> bool:
-    """True when ``path`` cannot be created as a folder (its nearest existing ancestor is
-    not a writable folder)."""
-    import os
+    """True when ``path`` cannot be created as a folder: its nearest existing ancestor is a
+    file, or a folder in which no folder can be made. Tried with a temporary folder, removed
+    at once: permission bits do not tell for root, nor on a read-only or special file system."""
+    import tempfile
 
     probe = path.absolute()
     while not probe.exists():
         probe = probe.parent
-    return probe.is_file() or not os.access(probe, os.W_OK)
+    if probe.is_file():
+        return True
+    try:
+        with tempfile.TemporaryDirectory(dir=probe, prefix=".wqmix-probe-"):
+            return False
+    except OSError:
+        return True
 
 
 def preflight(overrides: list[str], multirun: bool) -> str | None:
