@@ -58,3 +58,7 @@ def test_state_dict_round_trip_restores_sampling():
     copy.load_state_dict(buf.state_dict())
     a, b = buf.sample(4), copy.sample(4)
     assert torch.equal(a.obs, b.obs) and torch.equal(a.actions, b.actions)
+
+
+def test_bytes_for_is_what_a_buffer_of_that_capacity_holds():
+    assert EpisodeBuffer.bytes_for(SMALL_INFO, 7) == EpisodeBuffer(SMALL_INFO, 7).nbytes() > 0

@@ -37,6 +37,11 @@ BAD = [
     (["resume=/nonexistent/run"], "resume=/nonexistent/run: no such folder"),
     (["test_episodes=-1"], "test_episodes=-1 must be >= 0"),
     (["learner_threads=-2"], "learner_threads=-2 must be >= 0 (0: all the CPU cores)"),
+    (["seed=-1"], "seed=-1 must be in [0, 4294967295] (numpy's seed range)"),
+    (["seed=4294967296"], "seed=4294967296 must be in [0, 4294967295]"),
+    (["env.max_cycles=0"], "env.max_cycles=0 must be positive"),
+    (["env.n_agents=0"], "env.n_agents=0 must be positive"),
+    (["env.local_ratio=1.5"], "env.local_ratio=1.5 must be in [0, 1]"),
 ]
 
 
@@ -46,6 +51,15 @@ def test_bad_input_is_one_line_and_exit_2(overrides, expected, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("wqmix: ")
     assert expected in err
+
+
+def test_a_buffer_larger_than_the_machines_memory_is_one_line(capsys, tmp_path):
+    """Found once the env's sizes are known, before any memory is taken for it."""
+    assert main(["train", "learner.buffer_size=1000000000", f"hydra.run.dir={tmp_path}/run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "wqmix: learner.buffer_size=1000000000: that many mpe episodes take 11040.8 GiB, more than this machine's "
+    )
 
 
 def test_bad_value_in_a_later_sweep_job_stops_the_sweep_before_it_starts(capsys, tmp_path):

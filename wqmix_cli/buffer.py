@@ -47,6 +47,11 @@ class EpisodeBatch:
 class EpisodeBuffer:
     """A ring of ``capacity`` episodes of at most ``info.episode_limit`` steps."""
 
+    @staticmethod
+    def bytes_for(info: EnvInfo, capacity: int) -> int:
+        """What a buffer of ``capacity`` episodes of this env takes, without making it."""
+        return EpisodeBuffer(info, 1).nbytes() * capacity
+
     def __init__(self, info: EnvInfo, capacity: int, seed: int = 0) -> None:
         t, n = info.episode_limit, info.n_agents
         self.capacity, self.info = capacity, info

@@ -280,6 +280,10 @@ def _check_ranges(cfg: Config) -> None:
     env, lr = cfg.env, cfg.learner
     if isinstance(env, MPEConfig):
         _choices("env.scenario", env.scenario, MPE_SCENARIOS)
+        _positive("env.max_cycles", env.max_cycles)
+        _positive("env.n_agents", env.n_agents)
+        if not 0 <= env.local_ratio <= 1:
+            raise ConfigError(f"env.local_ratio={env.local_ratio} must be in [0, 1]")
     if isinstance(env, SMACConfig):
         _choices("env.package", env.package, ("auto", "smac", "smacv2"))
     if isinstance(env, SMAXConfig):
@@ -298,6 +302,8 @@ def _check_ranges(cfg: Config) -> None:
         if env.sight < 0:
             raise ConfigError(f"env.sight={env.sight} must be >= 0")
     _positive("env.n_envs", env.n_envs)
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={cfg.seed} must be in [0, {2**32 - 1}] (numpy's seed range)")
     if env.workers < 0:
         raise ConfigError(f"env.workers={env.workers} must be >= 0 (0 steps the envs in this process)")
     for key in ("t_max", "test_interval", "save_interval", "log_interval"):

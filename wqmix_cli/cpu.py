@@ -19,6 +19,14 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the OS does not say (Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def default_threads(jobs: int = 1) -> int:
     """Half of one job's share of the available cores (``jobs`` runs in parallel on this
     machine): on 2 cores, two torch threads beside env stepping (or JAX's own threads) wait

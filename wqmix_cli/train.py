@@ -24,7 +24,7 @@ from wqmix_cli.checkpoint import (
     save_checkpoint,
 )
 from wqmix_cli.config import Config, ConfigError
-from wqmix_cli.cpu import available_cores, default_threads, keep_freed_memory
+from wqmix_cli.cpu import available_cores, default_threads, keep_freed_memory, physical_memory
 from wqmix_cli.envs import make_vector_env
 from wqmix_cli.envs.base import EnvInfo
 from wqmix_cli.evaluate import run_greedy, summarise
@@ -60,6 +60,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is visible; allowed here: cpu, auto")
     return torch.device(name)
+
+
+def check_buffer_fits(cfg: Config, info: EnvInfo) -> None:
+    """Raise ConfigError (one line) when ``learner.buffer_size`` episodes of this env take
+    more than this machine's memory: the buffer is allocated whole at the start."""
+    need, have = EpisodeBuffer.bytes_for(info, cfg.learner.buffer_size), physical_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"learner.buffer_size={cfg.learner.buffer_size}: that many {cfg.env.name} episodes take "
+            f"{need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB of memory"
+        )
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -113,6 +124,11 @@ def train(cfg: Config, run_dir: Path) -> int:
     seed_everything(cfg.seed, cfg.deterministic)
     env = make_vector_env(cfg.env)
     info = env.info()
+    try:
+        check_buffer_fits(cfg, info)
+    except ConfigError:
+        env.close()
+        raise
     policy = WQMIXPolicy(info, cfg.learner, central=cfg.agent.name != "qmix").to(device)
     learner = WQMIXLearner.from_config(cfg, policy, device=device)
     expected_updates = cfg.t_max / info.episode_limit * cfg.learner.updates_per_episode
