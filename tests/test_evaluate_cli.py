@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -104,6 +106,18 @@ def test_render_writes_a_gif_of_one_episode(mpe_run: Path, tmp_path: Path) -> No
     assert main(["evaluate", f"checkpoint={mpe_run}", "episodes=1", "render=true", f"gif={gif}"]) == 0
     frames = iio.imread(gif, index=None)
     assert frames.ndim == 4 and frames.shape[0] > 1 and frames.shape[-1] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_gif_that_cannot_be_written_is_one_line(mpe_run: Path) -> None:
+    """Only our line: imageio's writer, left holding a file it could not open (/proc takes
+    no new files), printed a second traceback when it was collected. In a process of its own:
+    under pytest, pytest would catch that complaint itself."""
+    proc = subprocess.run([sys.executable, "-m", "wqmix_cli", "evaluate", f"checkpoint={mpe_run}", "render=true",
+                           "gif=/proc/wqmix-episode.gif"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr == "wqmix: evaluate: gif=/proc/wqmix-episode.gif: cannot write it (No such file or directory)\n"
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,28 @@ def test_missing_metric_lists_tags(
     assert "loss/total" in err[0] and METRIC in err[0]
 
 
+def test_a_figure_format_matplotlib_cannot_write_is_bad_input(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main([str(sweep), "--out", str(tmp_path / "c.txt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a figure format matplotlib writes; allowed endings:" in err[0]
+    assert "png" in err[0] and "pdf" in err[0] and "svg" in err[0]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--csv"])
+def test_an_output_that_cannot_be_written_is_bad_input(
+    sweep: Path, tmp_path: Path, flag: str, capsys: pytest.CaptureFixture
+) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    target = blocker / ("c.png" if flag == "--out" else "c.csv")
+    other = ["--csv", str(tmp_path / "c.csv")] if flag == "--out" else ["--out", str(tmp_path / "c.png")]
+    assert main([str(sweep), flag, str(target), *other]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wqmix plot: {flag} {target}: cannot write it (File exists)"]
+
+
 def test_usage_error_is_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["--metric"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1

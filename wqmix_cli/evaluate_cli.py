@@ -299,9 +299,12 @@ def render_episode(policy: WQMIXPolicy, cfg: Config, device: torch.device, seed:
             ob = env.observe()
     finally:
         env.close()
+    # Encoded in memory, then written: imageio's writer, left holding a file it could not
+    # open, printed a second traceback when it was collected.
+    gif = iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=GIF_FRAME_MS, loop=0)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        iio.imwrite(path, np.stack(frames), extension=".gif", duration=GIF_FRAME_MS, loop=0)
+        path.write_bytes(gif)
     except OSError as err:
         raise BadInput(f"gif={path}: cannot write it ({err.strerror or err})") from None
     return len(frames) - 1

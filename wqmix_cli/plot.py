@@ -339,7 +339,7 @@ class _Parser(argparse.ArgumentParser):
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _Parser(
         prog=PROG,
-        description="Plot learning curves (mean over seeds, 95%% bootstrap band) of "
+        description="Plot learning curves (mean over seeds, 95% bootstrap band) of "
         "wqmix runs, and write the final values to a CSV.",
     )
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
@@ -360,6 +360,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _run(args: argparse.Namespace) -> int:
+    formats = sorted(FigureCanvasAgg(Figure()).get_supported_filetypes())
+    if args.out.suffix[1:].lower() not in formats:
+        raise PlotError(f"--out {args.out}: not a figure format matplotlib writes; allowed endings: {', '.join(formats)}")
     runs = find_runs(args.dirs)
     if not runs:
         raise PlotError(
@@ -392,12 +395,15 @@ def _run(args: argparse.Namespace) -> int:
         rows.append(summarise(label, [(int(data[r][0][-1]), float(data[r][1][-1]))
                                       for r in members]))
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     title = args.title if args.title is not None else shared_context(list(configs.values()))
-    plot_curves(curves, args.metric, args.out, title)
     csv_path = args.csv or args.out.with_suffix(".csv")
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, csv_path)
+    for flag, path, write in (("--out", args.out, lambda: plot_curves(curves, args.metric, args.out, title)),
+                              ("--csv", csv_path, lambda: write_csv(rows, csv_path))):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write()
+        except OSError as err:
+            raise PlotError(f"{flag} {path}: cannot write it ({err.strerror or err})") from None
     print(format_table(rows))
     print(f"wrote {args.out} and {csv_path}")
     return 0
