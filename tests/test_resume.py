@@ -49,6 +49,20 @@ def test_resume_into_another_env_says_the_sizes_differ(tmp_path, capsys):
     assert err.count("\n") == 1 and "was made for env sizes" in err
 
 
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path, capsys):
+    """Hydra rewrites the run's .hydra files before the job starts: a refused resume must not
+    leave them naming its overrides, or every later resume of the run is refused too."""
+    assert main(["train", *RUN, "t_max=50", "test_episodes=0", f"hydra.run.dir={tmp_path}"]) == 0
+    record = {path.name: path.read_bytes() for path in (tmp_path / ".hydra").glob("*.yaml")}
+    assert main(["train", f"resume={tmp_path}", "agent=qmix", "t_max=100"]) == 2
+    assert "the networks do not match this config" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in (tmp_path / ".hydra").glob("*.yaml")} == record
+    assert main(["train", f"resume={tmp_path}", "t_max=100"]) == 0
+    assert main(["train", f"resume={tmp_path}", "t_max=150"]) == 0
+    overrides = (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    assert overrides.count("t_max=") == 1 and "t_max=150" in overrides  # each key once, its last value
+
+
 def _spawn(run_dir, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "wqmix_cli", "train", "t_max=1000000", "test_episodes=0", "learner.batch_size=4",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -132,7 +133,21 @@ def resume_overrides(overrides: list[str]) -> list[str] | str:
         return f"resume={run}: not a wqmix run folder (no .hydra/overrides.yaml)"
     old = [o for o in yaml.safe_load(previous.read_text()) or [] if not o.startswith(("resume=", "hydra.run.dir="))]
     new = [o for o in overrides if not o.startswith("resume=")]
-    return old + new + [f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+    latest = {o.split("=", 1)[0]: o for o in old + new}  # a key set again keeps its last value only
+    return list(latest.values()) + [f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def kept_on_bad_input(run_dir: Path, run: Callable[[], int]) -> int:
+    """``run()``, a resume of ``run_dir``: Hydra rewrites the run's ``.hydra`` files before
+    the job starts, so a resume refused as bad input (exit 2: other networks, another env)
+    would leave the run recorded with the refused overrides, and every later resume would
+    fail the same way. Those files are put back then."""
+    saved = {path: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")}
+    code = run()
+    if code == EXIT_BAD_INPUT:
+        for path, data in saved.items():
+            path.write_bytes(data)
+    return code
 
 
 def unwritable(path: Path) -> bool:
@@ -254,7 +269,10 @@ def train_command(args: list[str]) -> int:
     problem = preflight(overrides, multirun="-m" in flags or "--multirun" in flags)
     if problem:
         return fail(problem)
-    return _run_hydra_train(flags + overrides)
+    resumed = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), "null")
+    if resumed == "null":
+        return _run_hydra_train(flags + overrides)
+    return kept_on_bad_input(Path(resumed), lambda: _run_hydra_train(flags + overrides))
 
 
 def main(argv: list[str] | None = None) -> int:
