@@ -42,6 +42,7 @@ BAD = [
     (["env.max_cycles=0"], "env.max_cycles=0 must be positive"),
     (["env.n_agents=0"], "env.n_agents=0 must be positive"),
     (["env.local_ratio=1.5"], "env.local_ratio=1.5 must be in [0, 1]"),
+    (["hydra/launcher=nope"], "unknown hydra/launcher 'nope'; allowed: basic, joblib"),
 ]
 
 

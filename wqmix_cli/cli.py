@@ -105,6 +105,25 @@ def check_override_keys(overrides: list[str]) -> str | None:
     return None
 
 
+def check_hydra_groups(overrides: list[str]) -> str | None:
+    """A one-line complaint about an unknown Hydra plugin (``hydra/launcher=...``,
+    ``hydra/sweeper=...``), else None; ``compose`` leaves Hydra's own settings out."""
+    chosen = [o for o in overrides if o.startswith("hydra/")]
+    if not chosen:
+        return None
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            hydra_compose("config", overrides=chosen, return_hydra_config=True)
+    except MissingConfigException as err:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return f"unknown {group} '{name}'; allowed: {', '.join(err.options or [])}"
+    return None
+
+
 def compose(overrides: list[str]):
     """The composed DictConfig for one job's overrides (Hydra's compose API)."""
     from hydra import compose as hydra_compose
@@ -187,7 +206,7 @@ def preflight(overrides: list[str], multirun: bool) -> str | None:
             key, _, value = override.partition("=")
             if key in ("hydra.run.dir", "hydra.sweep.dir") and "${" not in value and unwritable(Path(value)):
                 return f"{key}={value}: cannot write there (not a writable folder)"
-        problem = check_override_keys(job)
+        problem = check_override_keys(job) or check_hydra_groups(job)
         if problem:
             return problem
         try:
