@@ -54,15 +54,6 @@ def test_bad_input_is_one_line_and_exit_2(overrides, expected, capsys):
     assert expected in err
 
 
-def test_a_buffer_larger_than_the_machines_memory_is_one_line(capsys, tmp_path):
-    """Found once the env's sizes are known, before any memory is taken for it."""
-    assert main(["train", "learner.buffer_size=1000000000", f"hydra.run.dir={tmp_path}/run"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(
-        "wqmix: learner.buffer_size=1000000000: that many mpe episodes take 11040.8 GiB, more than this machine's "
-    )
-
-
 def test_bad_value_in_a_later_sweep_job_stops_the_sweep_before_it_starts(capsys, tmp_path):
     assert main(["train", "-m", "agent=cwqmix,nope", f"hydra.sweep.dir={tmp_path}/s"]) == 2
     assert "unknown agent 'nope'" in capsys.readouterr().err

@@ -187,3 +187,14 @@ def test_each_run_sets_deterministic_algorithms_its_own_way(tmp_path):
             assert torch.are_deterministic_algorithms_enabled() == (flag == "true")
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_a_buffer_larger_than_the_machines_memory_is_one_line(capsys, tmp_path):
+    """Found once the env's sizes are known, before any memory is taken for it. (Here, after
+    this module's runs: under pytest, a session whose first Hydra job fails inside the job,
+    with jaxmarl imported by another test module, loses pytest's own stderr.)"""
+    assert main(["train", "learner.buffer_size=1000000000", "env.workers=0", f"hydra.run.dir={tmp_path}/run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "wqmix: learner.buffer_size=1000000000: that many mpe episodes take 11040.8 GiB, more than this machine's "
+    )
