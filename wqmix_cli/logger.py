@@ -15,6 +15,19 @@ from wqmix_cli.trackers import open_trackers
 log = logging.getLogger("wqmix")
 
 
+def _after_earlier_event_files(tb: Path) -> None:
+    """Wait until the clock has left the second of the newest event file in ``tb``.
+
+    TensorBoard reads a run's event files in name order, and a name is
+    ``events.out.tfevents.<second>.<host>.<pid>.<counter>``: a resume in the same second and
+    process as the last file (tests do that) could sort before it, and its purge of the
+    steps after the checkpoint then hid the earlier steps instead."""
+    stamps = [int(part[3]) for part in (f.name.split(".") for f in tb.glob("events.out.tfevents.*"))
+              if len(part) > 3 and part[3].isdigit()]
+    while stamps and time.time() < max(stamps) + 1:
+        time.sleep(0.05)
+
+
 class RunLogger:
     """Writes scalars against environment steps to TensorBoard and the enabled trackers.
 
@@ -34,6 +47,8 @@ class RunLogger:
         run_config: dict[str, Any] | None = None,
     ) -> None:
         self.trackers = open_trackers(trackers or LoggerConfig(), run_dir, run_config or {}, start_step > 0)
+        if start_step:
+            _after_earlier_event_files(run_dir / "tb")
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(
             total=t_max, initial=start_step, unit="step", unit_scale=True, dynamic_ncols=True,
