@@ -584,8 +584,7 @@ def naive_bytes_per_episode(info: EnvInfo) -> int:
 
 
 def bench_memory(name: str, info: EnvInfo) -> dict:
-    capacity = 100  # the layout is per episode: a small buffer has the same bytes per episode
-    ours = EpisodeBuffer(info, capacity).nbytes() / capacity
+    ours = EpisodeBuffer.bytes_for(info, 1)  # the layout is per episode
     naive = naive_bytes_per_episode(info)
     return {
         "env": name, "ours_bytes_per_episode": ours, "naive_bytes_per_episode": naive,
