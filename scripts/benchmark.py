@@ -431,8 +431,11 @@ def bench_learner(
     match = all(losses_match(a, b) for a, b in pairs) and losses_match(pairs[0][1], same_work.update(batch))
     if learner.uses_cuda_graph:
         match = match and replayed_losses_match(learner, batch)
+    # As in training, each update is told the next batch (here the same one): on 2+ threads it
+    # runs that batch's target pass while its own Q* half finishes, and the time includes it.
     ours_s, ref_s, same_s = time_alternating(
-        [lambda: learner.update(batch), lambda: reference.update(batch), lambda: same_work.update(batch)],
+        [lambda: learner.update(batch, upcoming=batch), lambda: reference.update(batch),
+         lambda: same_work.update(batch)],
         plan.warmup, plan.repeats, plan.learner_budget_s, device)
     floor_s = flops / matmul_rate
     return {

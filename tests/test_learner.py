@@ -243,6 +243,72 @@ def test_a_failing_half_stops_the_update_and_the_next_one_runs(two_threads, monk
     assert math.isfinite(learner.update(batch)["loss"])
 
 
+def _target_passes(policy, monkeypatch) -> list[tuple[str, int]]:
+    """(thread name, batch size) of each target-agent pass the learner runs."""
+    import wqmix_cli.learner as learner_module
+
+    calls, evaluate = [], learner_module.evaluate_agents
+
+    def recording(agents, inputs):
+        if agents[0] is policy.target_central_agent:
+            calls.append((threading.current_thread().name, inputs.shape[0]))
+        return evaluate(agents, inputs)
+
+    monkeypatch.setattr(learner_module, "evaluate_agents", recording)
+    return calls
+
+
+def test_the_next_batch_s_target_pass_runs_early_with_the_same_update(two_threads, monkeypatch):
+    """Given the upcoming batch, an update on 2 threads runs its target pass on the caller's
+    thread while the Q* half finishes; the next update skips that pass. Across a target sync
+    (every 2 updates here) the early pass is not made, and the numbers are those of plain
+    updates on one thread."""
+    cfg = LearnerConfig(hidden_dim=16, target_update_interval=2)
+    batches = [random_batch(SMALL_INFO, [4, 3, 5], seed=s) for s in range(5)]
+    early, plain = small_policy(), small_policy()
+    plain.load_state_dict(early.state_dict())
+    calls = _target_passes(early, monkeypatch)
+    learner = WQMIXLearner(early, cfg, "cwqmix", ALPHA, torch.device("cpu"))
+    results = [learner.update(b, upcoming) for b, upcoming in zip(batches, [*batches[1:], None])]
+    torch.set_num_threads(1)
+    reference = WQMIXLearner(plain, cfg, "cwqmix", ALPHA, torch.device("cpu"))
+    assert results == [reference.update(b) for b in batches]
+    # Updates 2 and 4 sync the targets: updates 1 and 3 prepare the next batch, 2 and 4 cannot.
+    where = [name.split("_")[0] for name, _ in calls]
+    assert where == ["wqmix-q-star", "MainThread", "wqmix-q-star", "MainThread", "wqmix-q-star"]
+
+
+def test_an_early_target_pass_is_only_used_for_the_batch_it_was_made_for(two_threads, monkeypatch):
+    policy = small_policy()
+    calls = _target_passes(policy, monkeypatch)
+    learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "cwqmix", ALPHA, torch.device("cpu"))
+    announced, other = random_batch(SMALL_INFO, [3, 2], seed=1), random_batch(SMALL_INFO, [3, 2], seed=2)
+    learner.update(random_batch(SMALL_INFO, [4]), upcoming=announced)
+    learner.update(other)  # not the batch announced: its own target pass
+    assert [size for _, size in calls] == [1, 2, 2]
+    assert calls[-1][0].startswith("wqmix-q-star")
+
+
+def test_a_failing_target_pass_on_the_helper_stops_the_update(two_threads, monkeypatch):
+    import wqmix_cli.learner as learner_module
+
+    policy = small_policy()
+    learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "cwqmix", ALPHA, torch.device("cpu"))
+    evaluate = learner_module.evaluate_agents
+
+    def failing(agents, inputs):
+        if agents[0] is policy.target_central_agent:
+            raise RuntimeError("target boom")
+        return evaluate(agents, inputs)
+
+    monkeypatch.setattr(learner_module, "evaluate_agents", failing)
+    batch = random_batch(SMALL_INFO, [3, 2])
+    with pytest.raises(RuntimeError, match="target boom"):
+        learner.update(batch)  # the Q_tot half, waiting for the target utilities, stops instead of hanging
+    monkeypatch.undo()
+    assert math.isfinite(learner.update(batch)["loss"])
+
+
 def test_the_optimiser_steps_one_flat_tensor_and_the_networks_see_it():
     policy = small_policy()
     learner = WQMIXLearner(policy, LearnerConfig(hidden_dim=16), "cwqmix", ALPHA, torch.device("cpu"))

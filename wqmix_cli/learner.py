@@ -68,6 +68,19 @@ def _mix(mixer: nn.Module, agent_qs: torch.Tensor, states: torch.Tensor, rows: t
     return agent_qs.new_zeros(rows.shape).masked_scatter(rows, values)
 
 
+def agent_inputs(policy: WQMIXPolicy, batch: EpisodeBatch) -> torch.Tensor:
+    """Every step's agent inputs (observation, last action, agent id): ``[B, T+1, N, in]``."""
+    start = torch.full_like(batch.actions[:, :1], -1)
+    return policy.agent_inputs(batch.obs, torch.cat([start, batch.actions], dim=1))
+
+
+def target_utilities(policy: WQMIXPolicy, batch: EpisodeBatch) -> torch.Tensor:
+    """The target agent's utilities on every step of ``batch``: ``[B, T+1, N, A]``, no gradient."""
+    target_agent = next(iter(policy.targets().values()))
+    with torch.no_grad():
+        return evaluate_agents([target_agent], agent_inputs(policy, batch))[0]
+
+
 def wqmix_loss(
     policy: WQMIXPolicy,
     batch: EpisodeBatch,
@@ -77,6 +90,8 @@ def wqmix_loss(
     central_weight: float = 1.0,
     backward: bool = False,
     aside: Aside | None = None,
+    target_q: torch.Tensor | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> LossParts:
     """The loss of design section 4 on a batch of B episodes of T steps.
 
@@ -85,9 +100,14 @@ def wqmix_loss(
     on its own networks as soon as it is computed, and ``total`` comes back detached.
     Q* (central agent, central mixer, its loss) and Q_tot (the rest) share no trained
     network, so ``aside`` may run the Q* half on another thread: it starts a callable
-    there and returns its Future. The values are the same either way. On the CPU the mixers
-    skip the steps after an episode's end when the batch has any (with SMAX's short battles
-    about 40% of a batch); on a GPU every shape stays fixed for the CUDA graph.
+    there and returns its Future. That thread first runs the target agent (no gradient),
+    which the Q_tot half needs for y: y is then ready before the Q* half's loss asks
+    for it, where the other order left the helper waiting for the whole target pass.
+    ``target_q`` is that pass's result ``[B, T+1, N, A]`` where it is known already
+    (``target_utilities``); ``meanwhile`` runs on this thread once the Q_tot half is done,
+    while the Q* half may still be running. The values are the same either way. On the CPU the mixers skip the steps after an
+    episode's end when the batch has any (with SMAX's short battles about 40% of a batch);
+    on a GPU every shape stays fixed for the CUDA graph.
     """
     check_variant(variant)
     mask = batch.filled.float()  # [B, T]
@@ -97,10 +117,22 @@ def wqmix_loss(
     filled = batch.filled if padded else None
     n_real = mask.sum()
     not_done = 1.0 - batch.terminated.float()
-    start = torch.full_like(batch.actions[:, :1], -1)
-    last_actions = torch.cat([start, batch.actions], dim=1)  # [B, T+1, N]
-    inputs = policy.agent_inputs(batch.obs, last_actions)  # [B, T+1, N, in]
+    inputs = agent_inputs(policy, batch)  # [B, T+1, N, in]
+    target_agent, target_mixer = policy.targets().values()
+    q_target: Future[torch.Tensor] = Future()  # [B, T+1, N, A]
     targets: Future[torch.Tensor] = Future()
+    if target_q is not None:
+        q_target.set_result(target_q)
+
+    def target_pass() -> None:
+        if target_q is not None:
+            return
+        try:
+            with torch.no_grad():
+                q_target.set_result(evaluate_agents([target_agent], inputs)[0])
+        except BaseException as error:
+            q_target.set_exception(error)  # the Q_tot half waits for it: it stops too
+            raise
 
     def central_half() -> torch.Tensor:
         # Causal, so the last step, whose Q* nothing reads, is left out.
@@ -111,15 +143,19 @@ def wqmix_loss(
             (central_weight * loss).backward()
         return loss
 
-    central = aside(central_half) if policy.central and aside is not None else None
+    def helper_work() -> torch.Tensor:
+        target_pass()
+        return central_half()
+
+    central = aside(helper_work) if policy.central and aside is not None else None
     try:
         (q,) = evaluate_agents([policy.agent], inputs)  # [B, T+1, N, A]
+        if central is None:
+            target_pass()
         with torch.no_grad():
             greedy = q.detach().masked_fill(~batch.avail, -torch.inf).argmax(-1)  # [B, T+1, N]
-            target_agent, target_mixer = policy.targets().values()
-            (q_target,) = evaluate_agents([target_agent], inputs)
             # One target pass over all T+1 steps serves both y (at t+1) and the CW test (at t).
-            q_target_greedy = _mix(target_mixer, _pick(q_target, greedy), batch.state, observed)  # [B, T+1]
+            q_target_greedy = _mix(target_mixer, _pick(q_target.result(), greedy), batch.state, observed)  # [B, T+1]
             y = batch.reward + gamma * not_done * q_target_greedy[:, 1:]
         targets.set_result(y)
         q_tot = _mix(policy.mixer, _pick(q[:, :-1], batch.actions), batch.state[:, :-1], filled)  # [B, T]
@@ -135,6 +171,8 @@ def wqmix_loss(
         qmix_loss = (mask * weights * (q_tot - y) ** 2).sum() / n_real
         if backward:
             qmix_loss.backward()
+        if meanwhile is not None:
+            meanwhile()
     except BaseException as error:
         if not targets.done():
             targets.set_exception(error)  # the Q* half waits for y: it stops too
@@ -228,6 +266,7 @@ class WQMIXLearner:
         self.scheduler = scheduler
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.updates = 0
+        self._prefetched: tuple[object, torch.Tensor] | None = None  # (a sample, its target_utilities)
         graphed = self.device.type == "cuda" and cfg.cuda_graph
         self._graphed = GraphedStep(self._step, self._check, policy.info.episode_limit) if graphed else None
 
@@ -257,14 +296,22 @@ class WQMIXLearner:
         """How many CUDA graphs are captured (one per padded batch shape)."""
         return self._graphed.captured if self._graphed is not None else 0
 
-    def update(self, sample: EpisodeBatch | Mapping) -> dict[str, float]:
-        """One gradient step on a batch of episodes (or transitions, as one-step episodes)."""
-        batch = sample if isinstance(sample, EpisodeBatch) else episode_batch_from_sample(sample, self.policy.info)
+    def update(self, sample: EpisodeBatch | Mapping, upcoming: EpisodeBatch | Mapping | None = None) -> dict[str, float]:
+        """One gradient step on a batch of episodes (or transitions, as one-step episodes).
+
+        ``upcoming``: the sample the next update will get (the same object, unchanged), where
+        the caller knows it. On two or more CPU threads the Q_tot half of this update ends
+        before the Q* half; the thread then runs the target agent on ``upcoming``, and the
+        next update starts without that pass (same values, about a tenth less time).
+        """
+        batch = self._as_batch(sample)
         learning_rate = self.optimizer.param_groups[0]["lr"]
         if self.uses_cuda_graph:
             stats = self._graphed.run(batch, self.device)
         else:
-            stats = self._step(batch.to(self.device), self._check)
+            prefetched, self._prefetched = self._prefetched, None
+            target_q = prefetched[1] if prefetched is not None and prefetched[0] is sample else None
+            stats = self._step(batch.to(self.device), self._check, target_q, upcoming)
         if self.scheduler is not None:
             self.scheduler.step()
         self.updates += 1
@@ -274,16 +321,33 @@ class WQMIXLearner:
             self.policy.sync_targets()
         return {**dict(zip(STATS, stats.tolist())), "learning_rate": learning_rate}
 
-    def _step(self, batch: EpisodeBatch, check: Callable[[torch.Tensor], None]) -> torch.Tensor:
-        """Loss and gradients, clipping, ``check(stats)``, optimiser step; -> ``[len(STATS)]``."""
+    def _as_batch(self, sample: EpisodeBatch | Mapping) -> EpisodeBatch:
+        return sample if isinstance(sample, EpisodeBatch) else episode_batch_from_sample(sample, self.policy.info)
+
+    def _step(
+        self,
+        batch: EpisodeBatch,
+        check: Callable[[torch.Tensor], None],
+        target_q: torch.Tensor | None = None,
+        upcoming: EpisodeBatch | Mapping | None = None,
+    ) -> torch.Tensor:
+        """Loss and gradients, clipping, ``check(stats)``, optimiser step; -> ``[len(STATS)]``.
+        ``target_q``: the target agent's utilities on ``batch`` if known; ``upcoming``: the
+        next update's sample, whose target pass may run while the Q* half finishes."""
         threads = torch.get_num_threads()
         try:
             # First, so that nothing before the loss runs on more threads: OpenMP's team spins
             # for a few ms after such an op, and the helper thread could not start meanwhile.
             aside = self._aside(threads)
+            meanwhile = None
+            if aside is not None and upcoming is not None and self._targets_stay():
+                def meanwhile() -> None:
+                    utilities = target_utilities(self.policy, self._as_batch(upcoming).to(self.device))
+                    self._prefetched = (upcoming, utilities)
+
             self.params.zero_grad()
             parts = wqmix_loss(self.policy, batch, self.variant, self.w, self.gamma, self.cfg.central_loss_weight,
-                               backward=True, aside=aside)
+                               backward=True, aside=aside, target_q=target_q, meanwhile=meanwhile)
             grad_norm = nn.utils.clip_grad_norm_(self.params.tensors, self.cfg.grad_clip)
             stats = torch.stack([parts.total, parts.qmix, parts.central, parts.w_mean, parts.q_tot_mean,
                                  parts.target_mean, grad_norm])
@@ -292,6 +356,10 @@ class WQMIXLearner:
         finally:
             torch.set_num_threads(threads)
         return stats
+
+    def _targets_stay(self) -> bool:
+        """Whether the target networks are the same after this update as before it."""
+        return self.cfg.target_update == "hard" and (self.updates + 1) % self.sync_frequency != 0
 
     def _aside(self, threads: int) -> Aside | None:
         """With two or more CPU threads the loss's Q* half runs on a helper thread, and the two
@@ -326,6 +394,7 @@ class WQMIXLearner:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self._prefetched = None
         self.params.load_optimizer_state(self.optimizer, state["optimizer"])
         if self._graphed is not None:  # the graphs read the optimiser state tensors just replaced
             self._graphed.reset()

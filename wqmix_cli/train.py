@@ -172,13 +172,16 @@ def train(cfg: Config, run_dir: Path) -> int:
         """``n_updates`` gradient steps on batches from the buffer; the last one's scalars."""
         scalars = {}
         try:
-            for _ in range(n_updates):
-                # Sampling on the collecting count: an op on more threads leaves OpenMP's team
-                # spinning for a few ms, and the update's Q* helper thread could not start meanwhile.
-                torch.set_num_threads(threads)
-                batch = buffer.sample(cfg.learner.batch_size)
+            # Sampling on the collecting count: an op on more threads leaves OpenMP's team
+            # spinning for a few ms, and the update's Q* helper thread could not start meanwhile.
+            torch.set_num_threads(threads)
+            upcoming = buffer.sample(cfg.learner.batch_size) if n_updates else None
+            for i in range(n_updates):
+                # One batch ahead (the same draws in the same order): an update may prepare the next.
+                batch, upcoming = upcoming, buffer.sample(cfg.learner.batch_size) if i + 1 < n_updates else None
                 torch.set_num_threads(threads if collecting.is_set() else idle_threads)
-                update = learner.update(batch)
+                update = learner.update(batch, upcoming)
+                torch.set_num_threads(threads)
                 scalars = {LOG_TAGS[k]: v for k, v in update.items()}
         finally:
             torch.set_num_threads(threads)
