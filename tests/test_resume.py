@@ -42,6 +42,27 @@ def test_resume_from_a_run_without_checkpoints_is_bad_input(tmp_path, capsys):
     assert "no complete checkpoint" in capsys.readouterr().err
 
 
+def test_a_refused_resume_closes_the_env_it_opened(tmp_path, capsys, monkeypatch):
+    """The env (and its worker processes) is made before the checkpoint is read: bad input
+    found then must not leave it running (a sweep's later jobs share the process)."""
+    import wqmix_cli.train as train_module
+
+    opened, make = [], train_module.make_vector_env
+
+    def recording(cfg):
+        env = make(cfg)
+        opened.append(env)
+        return env
+
+    monkeypatch.setattr(train_module, "make_vector_env", recording)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("[]\n")
+    assert main(["train", f"resume={tmp_path}", "env.workers=1", "env.n_envs=2"]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
+    (env,) = opened
+    assert env._procs and all(not proc.is_alive() for proc in env._procs)
+
+
 def test_resume_into_another_env_says_the_sizes_differ(tmp_path, capsys):
     assert main(["train", *RUN, "t_max=50", "test_episodes=0", f"hydra.run.dir={tmp_path}"]) == 0
     assert main(["train", f"resume={tmp_path}", "env.scenario=simple_speaker_listener", "t_max=100"]) == 2

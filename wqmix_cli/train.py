@@ -123,29 +123,29 @@ def train(cfg: Config, run_dir: Path) -> int:
     keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
     env = make_vector_env(cfg.env)
-    info = env.info()
-    try:
+    try:  # bad input found while setting up (a resume's ConfigError) must not leave env workers behind
+        info = env.info()
         check_buffer_fits(cfg, info)
-    except ConfigError:
+        policy = WQMIXPolicy(info, cfg.learner, central=cfg.agent.name != "qmix").to(device)
+        learner = WQMIXLearner.from_config(cfg, policy, device=device)
+        expected_updates = cfg.t_max / info.episode_limit * cfg.learner.updates_per_episode
+        learner.scheduler = make_lr_schedule(learner.optimizer, cfg.learner,
+                                             cfg.learner.lr_schedule_updates or int(expected_updates))
+        buffer = EpisodeBuffer(info, cfg.learner.buffer_size, seed=cfg.seed)
+        actor = Actor(policy, device, seed=cfg.seed, frozen=True)
+        runner = EpisodeRunner(env, actor)
+        counters = Counters()
+
+        if cfg.resume:
+            counters = resume(Path(cfg.resume), cfg, policy, learner, buffer, actor)
+            log.info("resumed from t_env=%d", counters.t_env)
+            if not cfg.checkpoint.save_buffer:
+                log.warning("resuming with an empty replay buffer (checkpoint.save_buffer=false)")
+        actor.sync()
+        logger = RunLogger(run_dir, cfg.t_max, counters.t_env, trackers=cfg.logger, run_config=dataclasses.asdict(cfg))
+    except BaseException:
         env.close()
         raise
-    policy = WQMIXPolicy(info, cfg.learner, central=cfg.agent.name != "qmix").to(device)
-    learner = WQMIXLearner.from_config(cfg, policy, device=device)
-    expected_updates = cfg.t_max / info.episode_limit * cfg.learner.updates_per_episode
-    learner.scheduler = make_lr_schedule(learner.optimizer, cfg.learner,
-                                         cfg.learner.lr_schedule_updates or int(expected_updates))
-    buffer = EpisodeBuffer(info, cfg.learner.buffer_size, seed=cfg.seed)
-    actor = Actor(policy, device, seed=cfg.seed, frozen=True)
-    runner = EpisodeRunner(env, actor)
-    counters = Counters()
-
-    if cfg.resume:
-        counters = resume(Path(cfg.resume), cfg, policy, learner, buffer, actor)
-        log.info("resumed from t_env=%d", counters.t_env)
-        if not cfg.checkpoint.save_buffer:
-            log.warning("resuming with an empty replay buffer (checkpoint.save_buffer=false)")
-    actor.sync()
-    logger = RunLogger(run_dir, cfg.t_max, counters.t_env, trackers=cfg.logger, run_config=dataclasses.asdict(cfg))
     log.info("env %s: %s; agent %s on %s", cfg.env.name, info, cfg.agent.name, device)
 
     def checkpoint() -> None:
