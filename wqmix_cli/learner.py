@@ -74,11 +74,12 @@ def agent_inputs(policy: WQMIXPolicy, batch: EpisodeBatch) -> torch.Tensor:
     return policy.agent_inputs(batch.obs, torch.cat([start, batch.actions], dim=1))
 
 
-def target_utilities(policy: WQMIXPolicy, batch: EpisodeBatch) -> torch.Tensor:
-    """The target agent's utilities on every step of ``batch``: ``[B, T+1, N, A]``, no gradient."""
+def target_utilities(policy: WQMIXPolicy, inputs: torch.Tensor) -> torch.Tensor:
+    """The target agent's utilities on ``agent_inputs`` ``[B, T+1, N, in]`` -> ``[B, T+1, N, A]``,
+    no gradient."""
     target_agent = next(iter(policy.targets().values()))
     with torch.no_grad():
-        return evaluate_agents([target_agent], agent_inputs(policy, batch))[0]
+        return evaluate_agents([target_agent], inputs)[0]
 
 
 def wqmix_loss(
@@ -105,9 +106,10 @@ def wqmix_loss(
     for it, where the other order left the helper waiting for the whole target pass.
     ``target_q`` is that pass's result ``[B, T+1, N, A]`` where it is known already
     (``target_utilities``); ``meanwhile`` runs on this thread once the Q_tot half is done,
-    while the Q* half may still be running. The values are the same either way. On the CPU the mixers skip the steps after an
-    episode's end when the batch has any (with SMAX's short battles about 40% of a batch);
-    on a GPU every shape stays fixed for the CUDA graph.
+    while the Q* half may still be running. The values are the same either way. On the
+    CPU the mixers skip the steps after an episode's end when the batch has any (with
+    SMAX's short battles about 40% of a batch); on a GPU every shape stays fixed for the
+    CUDA graph.
     """
     check_variant(variant)
     mask = batch.filled.float()  # [B, T]
@@ -118,7 +120,7 @@ def wqmix_loss(
     n_real = mask.sum()
     not_done = 1.0 - batch.terminated.float()
     inputs = agent_inputs(policy, batch)  # [B, T+1, N, in]
-    target_agent, target_mixer = policy.targets().values()
+    _, target_mixer = policy.targets().values()
     q_target: Future[torch.Tensor] = Future()  # [B, T+1, N, A]
     targets: Future[torch.Tensor] = Future()
     if target_q is not None:
@@ -128,8 +130,7 @@ def wqmix_loss(
         if target_q is not None:
             return
         try:
-            with torch.no_grad():
-                q_target.set_result(evaluate_agents([target_agent], inputs)[0])
+            q_target.set_result(target_utilities(policy, inputs))
         except BaseException as error:
             q_target.set_exception(error)  # the Q_tot half waits for it: it stops too
             raise
@@ -342,7 +343,8 @@ class WQMIXLearner:
             meanwhile = None
             if aside is not None and upcoming is not None and self._targets_stay():
                 def meanwhile() -> None:
-                    utilities = target_utilities(self.policy, self._as_batch(upcoming).to(self.device))
+                    inputs = agent_inputs(self.policy, self._as_batch(upcoming).to(self.device))
+                    utilities = target_utilities(self.policy, inputs)
                     self._prefetched = (upcoming, utilities)
 
             self.params.zero_grad()
