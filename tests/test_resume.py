@@ -43,24 +43,24 @@ def test_resume_from_a_run_without_checkpoints_is_bad_input(tmp_path, capsys):
 
 
 def test_a_refused_resume_closes_the_env_it_opened(tmp_path, capsys, monkeypatch):
-    """The env (and its worker processes) is made before the checkpoint is read: bad input
-    found then must not leave it running (a sweep's later jobs share the process)."""
+    """The envs (and their worker processes) are made before the checkpoint is read: bad
+    input found then must not leave them running (a sweep's later jobs share the process)."""
     import wqmix_cli.train as train_module
 
-    opened, make = [], train_module.make_vector_env
+    opened, make = [], train_module.make_collector
 
-    def recording(cfg):
-        env = make(cfg)
-        opened.append(env)
-        return env
+    def recording(*args):
+        collector = make(*args)
+        opened.append(collector)
+        return collector
 
-    monkeypatch.setattr(train_module, "make_vector_env", recording)
+    monkeypatch.setattr(train_module, "make_collector", recording)
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("[]\n")
     assert main(["train", f"resume={tmp_path}", "env.workers=1", "env.n_envs=2"]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
-    (env,) = opened
-    assert env._procs and all(not proc.is_alive() for proc in env._procs)
+    (collector,) = opened
+    assert collector.workers and all(not worker.process.is_alive() for worker in collector.workers)
 
 
 def test_resume_into_another_env_says_the_sizes_differ(tmp_path, capsys):

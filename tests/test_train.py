@@ -133,6 +133,23 @@ def test_learning_in_the_background_changes_nothing_but_the_speed(tmp_path):
         torch.testing.assert_close(weight, states["false"]["policy"][name], rtol=0, atol=0)
 
 
+def test_worker_processes_collect_what_this_process_would(tmp_path):
+    """env.workers=2 runs the episode loop of one and of two envs in two processes; the
+    episodes, so every logged loss and the final weights, are those of env.workers=0."""
+    runs = {}
+    for workers in ("0", "2"):
+        runs[workers] = tmp_path / workers
+        overrides = [*TINY, "test_interval=300", "env.n_envs=3", f"env.workers={workers}",
+                     "deterministic=true", f"hydra.run.dir={runs[workers]}"]
+        assert main(["train", *overrides]) == 0
+    losses = {k: [(e.step, e.value) for e in scalars(p).Scalars("loss/total")] for k, p in runs.items()}
+    assert losses["0"] == losses["2"] and len(losses["0"]) >= 2
+    states = {k: load_checkpoint(latest_checkpoint(p))[0] for k, p in runs.items()}
+    assert torch.equal(states["0"]["actor_rng"], states["2"]["actor_rng"])
+    for name, weight in states["0"]["policy"].items():
+        torch.testing.assert_close(weight, states["2"]["policy"][name], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("deterministic, expected", [("false", {3}), ("true", {1})])
 def test_updates_use_learner_threads_while_no_episode_is_collected(
     tmp_path, monkeypatch, deterministic: str, expected: set[int]

@@ -27,11 +27,17 @@ class Actor:
     refreshes, so a learner may update the policy meanwhile (train's background learning).
     On the CPU a GRU agent steps in C (``gru_kernel.c``: ``actor_step``) with the weights
     read at ``start()``; elsewhere, or without the kernel, through torch.
+
+    ``share`` (first, total): this actor's E envs are ``[first, first + E)`` of a batch of
+    ``total`` that other actors with the same seed step in other processes. Each draws the
+    exploration noise of all ``total`` and keeps its own rows, so together they take the
+    actions that one actor over the whole batch would.
     """
 
-    def __init__(self, policy: WQMIXPolicy, device: torch.device, seed: int = 0, frozen: bool = False) -> None:
+    def __init__(self, policy: WQMIXPolicy, device: torch.device, seed: int = 0, frozen: bool = False,
+                 share: tuple[int, int] | None = None) -> None:
         self.policy, self.device = policy, device
-        self.frozen = frozen
+        self.frozen, self.share = frozen, share
         self.agent = copy.deepcopy(policy.agent).requires_grad_(False) if frozen else policy.agent
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.hidden: torch.Tensor | None = None
@@ -101,7 +107,9 @@ class Actor:
             return None
         if self._draws is None or self._drawn == len(self._draws) or self._draws.shape[1:] != (e, n, a + 1):
             limit = self.policy.info.episode_limit
-            self._draws = torch.rand(limit, e, n, a + 1, generator=self.generator, device=self.device)
+            first, total = self.share or (0, e)
+            draws = torch.rand(limit, total, n, a + 1, generator=self.generator, device=self.device)
+            self._draws = draws if total == e else draws[:, first : first + e].contiguous()
             self._drawn = 0
         self._drawn += 1
         return self._drawn - 1

@@ -6,15 +6,16 @@ import math
 
 import numpy as np
 
+from wqmix_cli.collector import Collector
 from wqmix_cli.runner import EpisodeRunner
 
 
-def run_greedy(runner: EpisodeRunner, n_episodes: int, seed: int, epsilon: float = 0.0) -> dict[str, np.ndarray]:
+def run_greedy(runner: EpisodeRunner | Collector, n_episodes: int, seed: int, epsilon: float = 0.0) -> dict[str, np.ndarray]:
     """``n_episodes`` greedy episodes (or epsilon-greedy: 1.0 is a uniformly random
     baseline) -> ``returns [n]`` and, where the env has battles, ``battle_won [n]``."""
     returns, won = [], []
-    for i in range(math.ceil(n_episodes / runner.env.n_envs)):
-        episodes = runner.run(epsilon=epsilon, seed=seed + i * runner.env.n_envs)
+    for i in range(math.ceil(n_episodes / runner.n_envs)):
+        episodes = runner.run(epsilon=epsilon, seed=seed + i * runner.n_envs)
         returns.append(episodes.returns)
         if episodes.battle_won is not None:
             won.append(episodes.battle_won)

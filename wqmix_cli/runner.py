@@ -37,6 +37,10 @@ class EpisodeRunner:
         self.info = env.info()
         self.restarts = 0
 
+    @property
+    def n_envs(self) -> int:
+        return self.env.n_envs
+
     def run(self, epsilon: float, seed: int) -> Episodes:
         """E episodes; when a simulator had to be restarted mid-episode, all E are redone."""
         while True:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wqmix_cli.actor import Actor, epsilon_at
+from wqmix_cli.actor import epsilon_at
 from wqmix_cli.buffer import EpisodeBuffer
 from wqmix_cli.checkpoint import (
     CheckpointError,
@@ -23,15 +23,14 @@ from wqmix_cli.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from wqmix_cli.collector import Collector, make_collector
 from wqmix_cli.config import Config, ConfigError
 from wqmix_cli.cpu import available_cores, default_threads, keep_freed_memory, physical_memory
-from wqmix_cli.envs import make_vector_env
 from wqmix_cli.envs.base import EnvInfo
 from wqmix_cli.evaluate import run_greedy, summarise
 from wqmix_cli.learner import WQMIXLearner, make_lr_schedule
 from wqmix_cli.logger import RunLogger
 from wqmix_cli.policy import WQMIXPolicy
-from wqmix_cli.runner import EpisodeRunner
 
 log = logging.getLogger("wqmix")
 LOG_TAGS = {
@@ -122,9 +121,9 @@ def train(cfg: Config, run_dir: Path) -> int:
     torch.set_num_threads(cfg.threads or default_threads())
     keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
-    env = make_vector_env(cfg.env)
+    collector = make_collector(cfg.env, cfg.learner, cfg.seed, device)
     try:  # bad input found while setting up (a resume's ConfigError) must not leave env workers behind
-        info = env.info()
+        info = collector.info
         check_buffer_fits(cfg, info)
         policy = WQMIXPolicy(info, cfg.learner, central=cfg.agent.name != "qmix").to(device)
         learner = WQMIXLearner.from_config(cfg, policy, device=device)
@@ -132,19 +131,17 @@ def train(cfg: Config, run_dir: Path) -> int:
         learner.scheduler = make_lr_schedule(learner.optimizer, cfg.learner,
                                              cfg.learner.lr_schedule_updates or int(expected_updates))
         buffer = EpisodeBuffer(info, cfg.learner.buffer_size, seed=cfg.seed)
-        actor = Actor(policy, device, seed=cfg.seed, frozen=True)
-        runner = EpisodeRunner(env, actor)
         counters = Counters()
 
         if cfg.resume:
-            counters = resume(Path(cfg.resume), cfg, policy, learner, buffer, actor)
+            counters = resume(Path(cfg.resume), cfg, policy, learner, buffer, collector)
             log.info("resumed from t_env=%d", counters.t_env)
             if not cfg.checkpoint.save_buffer:
                 log.warning("resuming with an empty replay buffer (checkpoint.save_buffer=false)")
-        actor.sync()
+        collector.sync(policy.agent)
         logger = RunLogger(run_dir, cfg.t_max, counters.t_env, trackers=cfg.logger, run_config=dataclasses.asdict(cfg))
     except BaseException:
-        env.close()
+        collector.close()
         raise
     log.info("env %s: %s; agent %s on %s", cfg.env.name, info, cfg.agent.name, device)
 
@@ -154,7 +151,7 @@ def train(cfg: Config, run_dir: Path) -> int:
             "learner": learner.state_dict(),
             "counters": dataclasses.asdict(counters),
             "rng": rng_state(),
-            "actor_rng": actor.generator.get_state(),
+            "actor_rng": collector.rng_state(),
             "env_info": dataclasses.asdict(info),
             "config": dataclasses.asdict(cfg),
         }
@@ -194,30 +191,30 @@ def train(cfg: Config, run_dir: Path) -> int:
         with StopSignal() as stop, ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner") as background:
             while counters.t_env < cfg.t_max and stop.received is None:
                 # The updates owed for the episodes stored so far; with overlap they run while the
-                # next episodes are collected. The actor acts with the weights of the last
+                # next episodes are collected. The collector acts with the weights of the last
                 # boundary either way, so overlap changes the speed, not the results (bit for
                 # bit with deterministic=true, where every update keeps one thread count).
                 owed = int(counters.update_credit) if buffer.can_sample(cfg.learner.batch_size) else 0
                 collecting.set()
                 learning = background.submit(learn, owed) if cfg.overlap else None
                 epsilon = epsilon_at(cfg.epsilon, counters.t_env)
-                episodes = runner.run(epsilon, seed=cfg.seed * 1_000_003 + counters.episodes)
+                episodes = collector.run(epsilon, seed=cfg.seed * 1_000_003 + counters.episodes)
                 collecting.clear()
                 stats = (learning.result() if learning is not None else learn(owed)) or stats
                 counters.update_credit -= owed
-                actor.sync()
+                collector.sync(policy.agent)
 
                 buffer.add(episodes.batch, episodes.lengths)
                 counters.t_env += episodes.steps
-                counters.episodes += env.n_envs
+                counters.episodes += collector.n_envs
                 returns.extend(episodes.returns.tolist())
                 if buffer.can_sample(cfg.learner.batch_size):
-                    counters.update_credit += env.n_envs * cfg.learner.updates_per_episode
+                    counters.update_credit += collector.n_envs * cfg.learner.updates_per_episode
 
                 if counters.last_test is None or counters.t_env - counters.last_test >= cfg.test_interval:
                     counters.last_test = counters.t_env
                     if cfg.test_episodes:
-                        results = run_greedy(runner, cfg.test_episodes, TEST_SEED_OFFSET + counters.t_env)
+                        results = run_greedy(collector, cfg.test_episodes, TEST_SEED_OFFSET + counters.t_env)
                         logger.scalars(summarise(results, "test"), counters.t_env)
                         log.info("t_env=%d test return %.3f", counters.t_env, results["returns"].mean())
                 if counters.t_env - counters.last_log >= cfg.log_interval:
@@ -245,12 +242,12 @@ def train(cfg: Config, run_dir: Path) -> int:
         raise
     finally:
         logger.close()
-        env.close()
+        collector.close()
     return code
 
 
 def resume(
-    path: Path, cfg: Config, policy: WQMIXPolicy, learner: WQMIXLearner, buffer: EpisodeBuffer, actor: Actor
+    path: Path, cfg: Config, policy: WQMIXPolicy, learner: WQMIXLearner, buffer: EpisodeBuffer, collector: Collector
 ) -> Counters:
     """Load the newest complete checkpoint of run ``path`` into the live objects."""
     folder = latest_checkpoint(path)
@@ -266,7 +263,7 @@ def resume(
         raise ConfigError(f"resume={path}: the networks do not match this config ({str(err).splitlines()[0]})") from None
     learner.load_state_dict(state["learner"])
     set_rng_state(state["rng"])
-    actor.generator.set_state(state["actor_rng"])
+    collector.set_rng_state(state["actor_rng"])
     if buf is not None:
         buffer.load_state_dict(buf)
     return Counters(**state["counters"])
