@@ -24,10 +24,6 @@
    (one with ``--quick``), MPE and SMAX 3m; with ``--device cuda`` both again with
    device=cuda (the envs stay on the CPU, the jax that steps SMAX too: ``env.jax_device``).
    Where jax sees a GPU, SMAX collection also with the battles on it and at 512 envs.
-   Beside it, the ceiling that the work itself puts on the MPE rate (``e2e_ceiling``): all
-   cores busy with one-thread updates (the MPE batch-32 learner row) and in-process
-   collection (the MPE 8-env runner row) and nothing else; ``e2e_share_of_ceiling`` is the
-   measured rate over it.
 4. Memory: replay bytes per episode against a naive float32 transition layout.
 
 The learner runs at train's thread count (``--threads``; the headline figures), again on
@@ -42,8 +38,7 @@ The JSON's top level carries the headline figures (``learner_speedup``,
 ``learner_speedup_without_kernel``, ``learner_speedup_gpu``,
 ``learner_speedup_gpu_without_graph``, ``loss_match``,
 ``learner_floor_ratio``, ``collection_ratio``, ``buffer_memory_ratio``,
-``e2e_env_steps_per_s``, ``e2e_ceiling_env_steps_per_s``, ``e2e_share_of_ceiling``: null
-where train's learner runs on more than one thread); the tables' rows follow under ``learner``, ``collection``,
+``e2e_env_steps_per_s``); the tables' rows follow under ``learner``, ``collection``,
 ``e2e`` and ``memory``.
 """
 from __future__ import annotations
@@ -99,8 +94,7 @@ GRAPH = "nn.GRU, CUDA graph"
 GRAPH_OFF = "nn.GRU (graph off)"
 HEADLINE = ("learner_speedup", "learner_speedup_same_work", "learner_speedup_all_cores",
             "learner_speedup_without_kernel", "learner_speedup_gpu", "learner_speedup_gpu_without_graph", "loss_match",
-            "learner_floor_ratio", "collection_ratio", "buffer_memory_ratio", "e2e_env_steps_per_s",
-            "e2e_ceiling_env_steps_per_s", "e2e_share_of_ceiling")
+            "learner_floor_ratio", "collection_ratio", "buffer_memory_ratio", "e2e_env_steps_per_s")
 
 
 # --------------------------------------------------------------------------------------
@@ -579,17 +573,6 @@ def bench_train(name: str, overrides: list[str], budget_s: float, steps: int) ->
             "t_env": previous_step, "wall_s": wall}
 
 
-def e2e_ceiling(update_s: float, collection_steps_per_s: float, cores: int, episode_limit: int,
-                updates_per_episode: float = 1.0) -> float:
-    """The env steps/s at which ``cores`` cores would be busy with nothing but training's own
-    work: per env step, ``updates_per_episode / episode_limit`` updates of ``update_s`` (on
-    one thread) and ``1 / collection_steps_per_s`` of collection (the runner with its envs in
-    its own process, one thread). Everything else (worker processes' messages, an update's
-    halves on two threads, waiting) adds to that work, so training stays below this rate."""
-    seconds_per_step = update_s * updates_per_episode / episode_limit + 1.0 / collection_steps_per_s
-    return cores / seconds_per_step
-
-
 # --------------------------------------------------------------------------------------
 # 4. Memory
 # --------------------------------------------------------------------------------------
@@ -800,10 +783,6 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
     gpu32 = {r["gru"]: r["speedup"] for r in learner_rows
              if r["device"] == "cuda" and r["env"] == "mpe" and r["batch"] == 32}
     collection8 = next(r for r in collection_rows if r["env"] == "mpe" and r["n_envs"] == 8 and r["workers"] == 0)
-    # From one-thread update times only: an update on more threads uses an unknown share of them.
-    ceiling = (e2e_ceiling(headline["ours_ms"] / 1e3, collection8["runner_steps_per_s"], cores, MPE_INFO.episode_limit)
-               if headline["threads"] == 1 else None)
-    e2e = e2e_rows[0]["steps_per_s"]
     result.update(
         learner_speedup=headline["speedup"],
         learner_speedup_same_work=headline["speedup_same_work"],
@@ -815,9 +794,7 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
         learner_floor_ratio=headline["floor_ratio"],
         collection_ratio=collection8["ratio"],
         buffer_memory_ratio=memory_rows[0]["ratio"],
-        e2e_env_steps_per_s=e2e,
-        e2e_ceiling_env_steps_per_s=ceiling,
-        e2e_share_of_ceiling=e2e / ceiling if e2e is not None and ceiling is not None else None,
+        e2e_env_steps_per_s=e2e_rows[0]["steps_per_s"],
     )
     result["machine"]["load_avg_end"] = os.getloadavg()
     result["wall_s"] = time.perf_counter() - started

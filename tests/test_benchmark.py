@@ -84,11 +84,3 @@ def test_end_to_end_runs_to_its_steps_and_times_only_the_steady_state(bench) -> 
     row = bench.bench_train("mpe", overrides, budget_s=120.0, steps=1500)
     assert row["t_env"] == 1500
     assert row["steady_steps"] == 1000 and row["steps_per_s"] > 0
-
-
-def test_the_ceiling_counts_each_steps_share_of_an_update_and_of_collection(bench) -> None:
-    """50 ms updates, one per 25-step episode: 2 ms a step; collection at 2000 steps/s: 0.5 ms.
-    Two cores doing nothing else: 2 / 2.5 ms = 800 steps/s; two updates an episode: 2 / 4.5 ms."""
-    assert bench.e2e_ceiling(0.05, 2000.0, cores=2, episode_limit=25) == pytest.approx(800.0)
-    assert bench.e2e_ceiling(0.05, 2000.0, cores=2, episode_limit=25, updates_per_episode=2.0) == pytest.approx(2 / 0.0045)
-    assert bench.e2e_ceiling(0.05, 2000.0, cores=1, episode_limit=25) == pytest.approx(400.0)
