@@ -6,10 +6,11 @@
     python scripts/benchmark.py --threads 2     # torch CPU threads (default: train's, half the cores)
     python scripts/benchmark.py --profile       # only: the ops one update spends its time in
 
-1. Collection: env steps/s of ``EpisodeRunner`` + ``Actor`` + ``EpisodeBuffer.add`` over
-   the same vector env stepped with random available actions (MPE simple_spread; SMAX 3m
-   where jaxmarl works). Raw and runner episodes alternate, so a change in the machine's
-   load hits both.
+1. Collection: env steps/s of train's collector (``make_collector``: runner and actor, in
+   this process or, with ``env.workers``, the whole episode loop in each worker process) +
+   ``EpisodeBuffer.add`` over the same vector env with the same workers stepped with random
+   available actions (MPE simple_spread; SMAX 3m where jaxmarl works). Raw and collector
+   episodes alternate, so a change in the machine's load hits both.
 2. Learner: one ``WQMIXLearner.update`` over ``ReferenceLearner.update``, the same loss
    written the way pymarl's WQMIX learner computes it (a Python loop over t calling
    ``nn.GRUCell``s that hold our weights; inputs built per step and network; four unrolls,
@@ -70,8 +71,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from wqmix_cli.actor import Actor
 from wqmix_cli.buffer import EpisodeBatch, EpisodeBuffer
+from wqmix_cli.collector import make_collector
 from wqmix_cli.config import LearnerConfig, MPEConfig, SMAXConfig
 from wqmix_cli.cpu import default_threads, keep_freed_memory
 from wqmix_cli.cuda_graph import WARMUP_STEPS as GRAPH_WARMUP_STEPS
@@ -79,7 +80,6 @@ from wqmix_cli.envs import make_vector_env
 from wqmix_cli.envs.base import EnvInfo, VectorEnv
 from wqmix_cli.learner import WQMIXLearner
 from wqmix_cli.policy import RNNAgent, WQMIXPolicy, native
-from wqmix_cli.runner import EpisodeRunner
 
 MPE_INFO = EnvInfo(n_agents=3, obs_dim=18, state_dim=54, n_actions=5, episode_limit=25)
 SMAX_3M_INFO = EnvInfo(n_agents=3, obs_dim=75, state_dim=72, n_actions=8, episode_limit=100)
@@ -467,17 +467,18 @@ def random_episode(env: VectorEnv, seed: int, rng: np.random.Generator) -> int:
 
 
 def bench_collection(name: str, cfg: MPEConfig | SMAXConfig, seconds: float) -> dict:
-    """Raw random-action steps/s and runner steps/s on one vector env, episodes alternating."""
+    """Raw random-action steps/s of the vector env and steps/s of train's collector (episodes
+    into the buffer) on the same envs and workers, episodes alternating."""
     env = make_vector_env(cfg)
+    collector = None
     try:
-        info = env.info()
-        policy = WQMIXPolicy(info, LearnerConfig(), central=True)
-        runner = EpisodeRunner(env, Actor(policy, torch.device("cpu")))
-        buffer = EpisodeBuffer(info, capacity=1000)
+        collector = make_collector(cfg, LearnerConfig(), seed=0, device=torch.device("cpu"))
+        collector.sync(WQMIXPolicy(collector.info, LearnerConfig(), central=False).agent)
+        buffer = EpisodeBuffer(collector.info, capacity=1000)
         rng = np.random.default_rng(0)
 
         def collect(seed: int) -> int:
-            episodes = runner.run(COLLECTION_EPSILON, seed)
+            episodes = collector.run(COLLECTION_EPSILON, seed)
             buffer.add(episodes.batch, episodes.lengths)
             return episodes.steps
 
@@ -496,6 +497,8 @@ def bench_collection(name: str, cfg: MPEConfig | SMAXConfig, seconds: float) -> 
             seed += env.n_envs
     finally:
         env.close()
+        if collector is not None:
+            collector.close()
     raw_rate, ours_rate = steps[raw] / spent[raw], steps[collect] / spent[collect]
     return {"env": name, "n_envs": cfg.n_envs, "workers": cfg.workers, "jax": getattr(cfg, "jax_device", None),
             "raw_steps_per_s": raw_rate, "runner_steps_per_s": ours_rate, "ratio": ours_rate / raw_rate}
@@ -727,7 +730,7 @@ def run(plan: Plan, devices: list[torch.device]) -> dict:
         result["notes"].append(note)
     result["collection"] = collection_rows
     print_table(
-        f"Collection: runner + actor (epsilon {COLLECTION_EPSILON}) + buffer vs the same envs with random actions",
+        f"Collection: train's collector (epsilon {COLLECTION_EPSILON}) + buffer vs the same envs and workers with random actions",
         collection_rows,
         [("env", "env", "s"), ("n_envs", "envs", "d"), ("workers", "workers", "d"), ("jax", "jax on", "s"),
          ("raw_steps_per_s", "raw steps/s", ".0f"), ("runner_steps_per_s", "runner steps/s", ".0f"),
