@@ -92,3 +92,21 @@ def test_smax_and_zero_workers_collect_in_this_process() -> None:
         assert isinstance(smax, LocalCollector)
     finally:
         smax.close()
+
+
+def test_workers_ignore_the_stop_signals_their_parent_handles() -> None:
+    """Ctrl-C reaches the whole process group; train stops at its next boundary, which needs
+    the workers' episodes, and then closes them."""
+    import os
+    import signal
+
+    collector = WorkerCollector(MPEConfig(n_envs=1, workers=1), LEARNER, seed=0)
+    try:
+        collector.sync(WQMIXPolicy(collector.info, LEARNER, central=False).agent)
+        process = collector.workers[0].process
+        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, signal.SIGTERM)
+        assert collector.run(0.5, 1).steps == 25
+    finally:
+        collector.close()
+    assert not process.is_alive()

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 
 def _serve(conn: Connection, make: Callable[[], Any]) -> None:
+    # Ctrl-C (and a job scheduler's SIGTERM) reach the whole process group; the parent stops
+    # at its next boundary, which may need this worker's answer, and then closes it.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     try:
         target = make()
     except Exception as err:  # handed to the parent, which raises it there
@@ -24,7 +29,7 @@ def _serve(conn: Connection, make: Callable[[], Any]) -> None:
                 conn.send((True, getattr(target, method)(*args)))
             except Exception as err:
                 conn.send((False, err))
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:  # the parent is gone
         pass
     finally:
         target.close()
@@ -73,5 +78,6 @@ class WorkerProcess:
             pass
         self.process.join(timeout=timeout_s)
         if self.process.is_alive():
-            self.process.terminate()
+            self.process.kill()  # it ignores SIGTERM
+            self.process.join()
         self._conn.close()
