@@ -23,7 +23,7 @@ from wqmix_cli.envs import make_vector_env
 from wqmix_cli.envs.base import EnvInfo
 from wqmix_cli.policy import WQMIXPolicy
 from wqmix_cli.runner import EpisodeRunner, Episodes
-from wqmix_cli.workers import WorkerProcess
+from wqmix_cli.workers import WorkerProcess, share_bounds
 
 
 class LocalCollector:
@@ -103,7 +103,7 @@ class WorkerCollector:
 
     def __init__(self, env_cfg: EnvConfig, learner_cfg: LearnerConfig, seed: int) -> None:
         n = env_cfg.n_envs
-        bounds = np.linspace(0, n, min(env_cfg.workers, n) + 1).astype(int).tolist()
+        bounds = share_bounds(n, env_cfg.workers)
         self.firsts = bounds[:-1]
         self.workers: list[WorkerProcess] = []
         try:

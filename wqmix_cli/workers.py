@@ -7,6 +7,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 
 def _serve(conn: Connection, make: Callable[[], Any]) -> None:
     # Ctrl-C (and a job scheduler's SIGTERM) reach the whole process group; the parent stops
@@ -34,6 +36,13 @@ def _serve(conn: Connection, make: Callable[[], Any]) -> None:
     finally:
         target.close()
         conn.close()
+
+
+def share_bounds(n_items: int, workers: int) -> list[int]:
+    """Where each worker's share of ``n_items`` starts, then ``n_items``: ``[0, ..., n_items]``,
+    for ``workers`` workers (at least one, at most one per item), shares differing by one at most."""
+    parts = max(1, min(workers, n_items))
+    return np.linspace(0, n_items, parts + 1).astype(int).tolist()
 
 
 class WorkerProcess:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from wqmix_cli.envs.base import BatchStep, EnvInfo, MultiAgentEnv, Observation
-from wqmix_cli.workers import WorkerProcess
+from wqmix_cli.workers import WorkerProcess, share_bounds
 
 EnvFactory = Callable[[], MultiAgentEnv]
 
@@ -68,11 +68,10 @@ class SubprocVectorEnv:
 
     def __init__(self, factories: list[EnvFactory], workers: int) -> None:
         self.n_envs = len(factories)
-        workers = max(1, min(workers, self.n_envs))
-        self._bounds = np.linspace(0, self.n_envs, workers + 1).astype(int)
+        self._bounds = share_bounds(self.n_envs, workers)
         self.workers: list[WorkerProcess] = []
         try:
-            for w in range(workers):
+            for w in range(len(self._bounds) - 1):
                 share = factories[self._bounds[w] : self._bounds[w + 1]]
                 self.workers.append(WorkerProcess(partial(SyncVectorEnv, share)))
             self._info: EnvInfo = self.workers[0].call("info")
@@ -85,7 +84,7 @@ class SubprocVectorEnv:
 
     def reset(self, seed: int) -> Observation:
         for w, worker in enumerate(self.workers):
-            worker.send("reset", seed + int(self._bounds[w]))
+            worker.send("reset", seed + self._bounds[w])
         return _stack_batches([worker.receive() for worker in self.workers])
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> BatchStep:
